@@ -1,0 +1,5 @@
+"""python -m toolkit: the keyshift command line."""
+
+from toolkit.cli import main
+
+main(prog_name="keyshift")

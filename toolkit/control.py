@@ -1,0 +1,96 @@
+"""Reading and changing the control schema ``keyshift``: settings, tables, audit.
+
+The database is the source of truth for migration state; these functions
+only query it and call its functions (``keyshift.set_setting`` ...), so the
+rules (validation, audit log) live in SQL, where every client gets them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+
+from toolkit.errors import EXIT_USAGE, KeyshiftError, UsageError
+from toolkit.migrate import CONTROL_SCHEMA, current_revision
+
+
+def _rows(conn: psycopg.Connection[Any], query: str, params: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(query, params)
+        return list(cur.fetchall())
+
+
+def require_control_schema(conn: psycopg.Connection[Any]) -> str:
+    """The database's revision; exit 2 with what to do when the control schema is absent."""
+    revision = current_revision(conn)
+    present = conn.execute("SELECT pg_catalog.to_regclass('keyshift.settings') IS NOT NULL").fetchone()
+    if revision is None or not present or not present[0]:
+        raise KeyshiftError(
+            f"database has no keyshift control schema (revision: {revision or 'none'}); "
+            "run 'alembic upgrade head' (on a database that already has the legacy "
+            "tables, 'alembic stamp legacy_baseline' first)",
+            EXIT_USAGE,
+        )
+    return revision
+
+
+def settings(conn: psycopg.Connection[Any]) -> list[dict[str, Any]]:
+    return _rows(
+        conn,
+        "SELECT key, value, kind, allowed, description, updated_at, updated_by "
+        "FROM keyshift.settings ORDER BY key",
+    )
+
+
+def get_setting(conn: psycopg.Connection[Any], key: str) -> dict[str, Any]:
+    rows = _rows(
+        conn,
+        "SELECT key, value, kind, allowed, description, updated_at, updated_by "
+        "FROM keyshift.settings WHERE key = %s",
+        (key,),
+    )
+    if not rows:
+        known = ", ".join(r["key"] for r in settings(conn)) or "none"
+        raise UsageError(f"unknown setting {key!r}; known settings: {known}")
+    return rows[0]
+
+
+def set_setting(conn: psycopg.Connection[Any], key: str, value: str, reason: str) -> dict[str, Any]:
+    """Change a setting through keyshift.set_setting (validated, audit-logged); returns old and new."""
+    old = get_setting(conn, key)
+    if not reason or not reason.strip():
+        raise UsageError(f"changing {key} needs a reason: --reason TEXT")
+    with conn.transaction():
+        row = _rows(conn, "SELECT key, value FROM keyshift.set_setting(%s, %s, %s)", (key, value, reason))
+    return {"key": key, "old": old["value"], "new": row[0]["value"], "reason": reason}
+
+
+def migrated_tables(conn: psycopg.Connection[Any]) -> list[dict[str, Any]]:
+    return _rows(
+        conn,
+        "SELECT table_schema, table_name, phase, validation_mode, key_only_token_writes, "
+        "phase_changed_at FROM keyshift.migrated_tables ORDER BY table_schema, table_name",
+    )
+
+
+def open_dead_letters(conn: psycopg.Connection[Any]) -> list[dict[str, Any]]:
+    return _rows(
+        conn,
+        "SELECT source, count(*) AS open FROM keyshift.dead_letters "
+        "WHERE resolved_at IS NULL GROUP BY source ORDER BY source",
+    )
+
+
+def status(conn: psycopg.Connection[Any]) -> dict[str, Any]:
+    """Everything the control schema says about the migration, for `keyshift status`."""
+    revision = require_control_schema(conn)
+    return {
+        "database": conn.info.dbname,
+        "revision": revision,
+        "control_schema": CONTROL_SCHEMA,
+        "tables": migrated_tables(conn),
+        "settings": settings(conn),
+        "dead_letters": open_dead_letters(conn),
+    }

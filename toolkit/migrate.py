@@ -1,0 +1,183 @@
+"""Alembic, as keyshift uses it: the configuration and the helpers revisions call.
+
+Revisions in ``alembic/versions/`` stay small: they call :func:`set_timeouts`
+first, then run SQL files from ``sql/`` and templates with inline parameters.
+Nothing here reads data to decide what DDL to emit, so offline mode
+(``alembic upgrade head --sql``) writes the same SQL that online mode runs.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from alembic.script import ScriptDirectory
+from psycopg import sql
+
+from toolkit.errors import EXIT_USAGE, KeyshiftError, UsageError
+from toolkit.render import render
+from toolkit.resources import alembic_dir, sql_dir
+
+CONTROL_SCHEMA = "keyshift"
+VERSION_TABLE = "alembic_version"
+DEFAULT_LOCK_TIMEOUT = "5s"
+DEFAULT_STATEMENT_TIMEOUT = "15min"
+_DURATION = re.compile(r"^\d+(\.\d+)?\s*(us|ms|s|min|h|d)?$")
+
+
+def config(dsn: str | None = None, ini: Path | None = None) -> Config:
+    """An Alembic Config for keyshift's revisions, optionally bound to a DSN."""
+    cfg = Config(str(ini) if ini else None)
+    cfg.set_main_option("script_location", str(alembic_dir()))
+    if dsn is not None:
+        cfg.attributes["dsn"] = dsn
+    return cfg
+
+
+def packaged_ini() -> Path:
+    """The alembic.ini shipped with the revisions (works in a checkout and installed)."""
+    return alembic_dir() / "alembic.ini"
+
+
+def upgrade(dsn: str | None, revision: str = "head", *, sql_only: bool = False) -> None:
+    command.upgrade(config(dsn), revision, sql=sql_only)
+
+
+def downgrade(dsn: str | None, revision: str) -> None:
+    command.downgrade(config(dsn), revision)
+
+
+def script() -> ScriptDirectory:
+    return ScriptDirectory.from_config(config())
+
+
+# ---------------------------------------------------------------- inside revisions
+
+
+def x_arguments() -> dict[str, str]:
+    """The ``-x key=value`` arguments of the running alembic command."""
+    from alembic import context
+
+    args: dict[str, str] = context.get_x_argument(as_dictionary=True)
+    return args
+
+
+def _duration(name: str, value: str) -> str:
+    if not _DURATION.match(value.strip()):
+        raise UsageError(f"-x {name}={value!r} is not a duration such as 5s, 500ms or 2min")
+    return value.strip()
+
+
+def timeouts() -> tuple[str, str]:
+    """(lock_timeout, statement_timeout) from ``-x``, validated, or the defaults."""
+    x = x_arguments()
+    lock = _duration("lock_timeout", x.get("lock_timeout", DEFAULT_LOCK_TIMEOUT))
+    stmt = _duration("statement_timeout", x.get("statement_timeout", DEFAULT_STATEMENT_TIMEOUT))
+    return lock, stmt
+
+
+def timeout_statements(local: bool) -> list[str]:
+    """SET [LOCAL] lock_timeout / statement_timeout, values quoted as literals."""
+    lock, stmt = timeouts()
+    verb = "SET LOCAL {} = {}" if local else "SET {} = {}"
+    return [
+        sql.SQL(verb).format(sql.Identifier(name), sql.Literal(value)).as_string(None)
+        for name, value in (("lock_timeout", lock), ("statement_timeout", stmt))
+    ]
+
+
+def set_timeouts() -> None:
+    """First statement of every revision: a short lock_timeout and a statement_timeout.
+
+    A revision whose DDL cannot get its lock fails after lock_timeout instead
+    of queueing behind a long transaction while every later query on the
+    table queues behind it. Configure with ``-x lock_timeout=10s``,
+    ``-x statement_timeout=30min``. SET LOCAL: they end with the revision's
+    transaction.
+    """
+    from alembic import op
+
+    for statement in timeout_statements(local=True):
+        op.execute(statement)
+
+
+def execute_script(text: str, origin: str = "revision") -> None:
+    """Run a validated script, one statement at a time (offline: each written out)."""
+    from alembic import op
+
+    from toolkit.parsing import validate
+
+    for stmt in validate(text, origin=origin):
+        op.execute(verbatim(stmt.text))
+
+
+def verbatim(text: str) -> Any:
+    """SQL for op.execute exactly as written.
+
+    op.execute wraps a string in SQLAlchemy's text(), which reads ``:name`` as
+    a bind parameter (a '10:30' literal or a jsonb '{"a":1}' would break);
+    ``\\:`` is text()'s escape for a literal colon. Percent signs are doubled for
+    the driver by SQLAlchemy online and left alone offline (named paramstyle).
+    """
+    import sqlalchemy
+
+    return sqlalchemy.text(text.replace(":", "\\:"))
+
+
+def run_sql_file(name: str) -> None:
+    """Run ``sql/<name>`` statement by statement."""
+    path = sql_dir() / name
+    execute_script(path.read_text(encoding="utf-8"), origin=f"sql/{name}")
+
+
+def run_template(template: str, **params: Any) -> None:
+    """Render a template with the revision's inline parameters and run it."""
+    execute_script(render(template, **params), origin=f"template {template}")
+
+
+# ---------------------------------------------------------------- revision state
+
+
+def current_revision(conn: Any) -> str | None:
+    """The revision a database is at (None: not under keyshift's chain)."""
+    row = conn.execute(
+        "SELECT pg_catalog.to_regclass(%s) IS NOT NULL", (f"{CONTROL_SCHEMA}.{VERSION_TABLE}",)
+    ).fetchone()
+    if not row or not row[0]:
+        return None
+    query = sql.SQL("SELECT version_num FROM {}.{}").format(
+        sql.Identifier(CONTROL_SCHEMA), sql.Identifier(VERSION_TABLE)
+    )
+    heads = [r[0] for r in conn.execute(query).fetchall()]
+    return heads[0] if heads else None
+
+
+def require_revision(conn: Any, needed: str) -> str:
+    """Refuse (exit 2) unless the database is at ``needed`` or a later revision."""
+    current = current_revision(conn)
+    scripts = script()
+    if current is None:
+        raise KeyshiftError(
+            f"database is not under keyshift's revisions (no {CONTROL_SCHEMA}.{VERSION_TABLE}); "
+            f"run 'alembic upgrade {needed}' (or stamp legacy_baseline first on an existing "
+            "database)",
+            EXIT_USAGE,
+        )
+    try:
+        lineage = {r.revision for r in scripts.iterate_revisions(current, "base")}
+    except Exception:  # unknown revision id in the database
+        raise KeyshiftError(
+            f"database is at revision {current!r}, which this keyshift does not know; "
+            "upgrade keyshift or check the database",
+            EXIT_USAGE,
+        ) from None
+    if needed not in lineage:
+        raise KeyshiftError(
+            f"database is at revision {current}, this needs {needed} or later; "
+            f"run 'alembic upgrade {needed}'",
+            EXIT_USAGE,
+        )
+    return current
