@@ -71,7 +71,11 @@ def run_migrations_offline() -> None:
         dialect_opts={"paramstyle": "named"},
         **COMMON,
     )
-    # The version table lives in the control schema, so the schema comes first.
+    # Session-level timeouts first: statements that run outside a revision's
+    # transaction (CREATE INDEX CONCURRENTLY) get them too. The version table
+    # lives in the control schema, so the schema comes next.
+    for statement in migrate.timeout_statements(local=False):
+        context.execute(statement)
     context.execute(f"CREATE SCHEMA IF NOT EXISTS {CONTROL_SCHEMA}")
     with context.begin_transaction():
         context.run_migrations()

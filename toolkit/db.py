@@ -132,3 +132,16 @@ def describe_pg_error(exc: psycopg.Error) -> str:
     if diag.sqlstate:
         line += f" (SQLSTATE {diag.sqlstate})"
     return " ".join(line.split())
+
+
+# Connection exceptions (class 08) and the server ending the session
+# (pg_terminate_backend, shutdown). Other "operational" errors such as
+# lock_not_available or object_not_in_prerequisite_state are ordinary failures.
+_CONNECTION_LOSS = ("57P01", "57P02", "57P03")
+
+
+def is_connection_loss(exc: psycopg.Error) -> bool:
+    state = exc.diag.sqlstate if exc.diag else None
+    if state is None:
+        return isinstance(exc, psycopg.OperationalError)
+    return state.startswith("08") or state in _CONNECTION_LOSS

@@ -105,13 +105,23 @@ def set_timeouts() -> None:
 
 
 def execute_script(text: str, origin: str = "revision") -> None:
-    """Run a validated script, one statement at a time (offline: each written out)."""
+    """Run a validated script, one statement at a time (offline: each written out).
+
+    A statement that cannot run inside a transaction (CREATE/DROP INDEX
+    CONCURRENTLY) runs in an autocommit block: the revision's transaction is
+    committed before it and a new one begun after it (offline: COMMIT ... BEGIN).
+    The session-level timeouts set by env.py still apply to it.
+    """
     from alembic import op
 
-    from toolkit.parsing import validate
+    from toolkit.parsing import needs_autocommit, validate
 
     for stmt in validate(text, origin=origin):
-        op.execute(verbatim(stmt.text))
+        if needs_autocommit(stmt):
+            with op.get_context().autocommit_block():
+                op.execute(verbatim(stmt.text))
+        else:
+            op.execute(verbatim(stmt.text))
 
 
 def verbatim(text: str) -> Any:

@@ -175,6 +175,16 @@ def plpgsql_statements(stmt: Statement, origin: str = "<sql>") -> list[PlpgsqlSt
     return found
 
 
+def needs_autocommit(stmt: Statement) -> bool:
+    """CREATE/DROP INDEX CONCURRENTLY and REINDEX CONCURRENTLY refuse to run in a transaction."""
+    node = stmt.node
+    if isinstance(node, (ast.IndexStmt, ast.DropStmt)):
+        return bool(node.concurrent)
+    if isinstance(node, ast.ReindexStmt):
+        return any(p.defname == "concurrently" for p in node.params or ())
+    return False
+
+
 def validate(sql: str, origin: str = "<sql>") -> list[Statement]:
     """Parse a script and every plpgsql body in it; raise SqlSyntaxError naming the line."""
     parsed = statements(sql, origin)

@@ -8,6 +8,7 @@ render is parsed with pglast, plpgsql bodies included, before it is returned.
 from __future__ import annotations
 
 import functools
+import hashlib
 import re
 from collections.abc import Iterable
 from pathlib import Path
@@ -71,6 +72,16 @@ def ql(value: Any) -> str:
     return sql.Literal(text).as_string(None).strip()
 
 
+def tag(value: str) -> str:
+    """Jinja filter: a short stable tag of a name, usable in a setting name.
+
+    Custom settings (``keyshift.cfg_<tag>``) allow only letters, digits and
+    underscores after the prefix; any table name maps to 12 hex digits.
+    """
+    _defined(value)
+    return hashlib.md5(str(value).encode(), usedforsecurity=False).hexdigest()[:12]
+
+
 @functools.lru_cache(maxsize=4)
 def environment(directory: str | None = None) -> jinja2.Environment:
     env = jinja2.Environment(
@@ -83,6 +94,7 @@ def environment(directory: str | None = None) -> jinja2.Environment:
     )
     env.filters["qi"] = qi
     env.filters["ql"] = ql
+    env.filters["tag"] = tag
     return env
 
 
