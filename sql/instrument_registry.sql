@@ -76,14 +76,18 @@ CREATE FUNCTION instrument_registry.resolve_key(p_broker text, p_token bigint,
                                                 p_at timestamptz DEFAULT pg_catalog.now())
 RETURNS text
 LANGUAGE sql STABLE PARALLEL SAFE
+-- The period that starts last at or before p_at is the only candidate (periods
+-- never overlap). The row comparison is a predecessor search only the btree
+-- primary key can serve: one descent, index-only. Written with separate
+-- conditions instead, the generic plan picked the GiST exclusion index and
+-- read ~60 buffers per call.
 RETURN (
-    SELECT t.instrument_key
+    SELECT CASE WHEN t.broker = p_broker AND t.instrument_token = p_token
+                 AND (t.valid_to IS NULL OR t.valid_to > p_at)
+           THEN t.instrument_key END
       FROM instrument_registry.broker_instrument_tokens t
-     WHERE t.broker = p_broker
-       AND t.instrument_token = p_token
-       AND t.valid_from <= p_at
-       AND (t.valid_to IS NULL OR t.valid_to > p_at)
-     ORDER BY t.valid_from DESC
+     WHERE (t.broker, t.instrument_token, t.valid_from) <= (p_broker, p_token, p_at)
+     ORDER BY t.broker DESC, t.instrument_token DESC, t.valid_from DESC
      LIMIT 1
 );
 COMMENT ON FUNCTION instrument_registry.resolve_key(text, bigint, timestamptz) IS 'instrument_key a broker token meant at a time (NULL: no mapping then)';
@@ -93,13 +97,12 @@ CREATE FUNCTION instrument_registry.resolve_token(p_broker text, p_key text,
 RETURNS bigint
 LANGUAGE sql STABLE PARALLEL SAFE
 RETURN (
-    SELECT t.instrument_token
+    SELECT CASE WHEN t.broker = p_broker AND t.instrument_key = p_key
+                 AND (t.valid_to IS NULL OR t.valid_to > p_at)
+           THEN t.instrument_token END
       FROM instrument_registry.broker_instrument_tokens t
-     WHERE t.broker = p_broker
-       AND t.instrument_key = p_key
-       AND t.valid_from <= p_at
-       AND (t.valid_to IS NULL OR t.valid_to > p_at)
-     ORDER BY t.valid_from DESC
+     WHERE (t.broker, t.instrument_key, t.valid_from) <= (p_broker, p_key, p_at)
+     ORDER BY t.broker DESC, t.instrument_key DESC, t.valid_from DESC
      LIMIT 1
 );
 COMMENT ON FUNCTION instrument_registry.resolve_token(text, text, timestamptz) IS 'Broker token of an instrument_key at a time (NULL: none then)';

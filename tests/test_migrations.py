@@ -8,6 +8,7 @@ from collections.abc import Callable
 import psycopg
 import pytest
 from alembic import command
+from pglast import ast, enums
 
 from tests.conftest import schema_dump
 from toolkit import migrate, parsing
@@ -86,14 +87,26 @@ def test_offline_script_parses_and_psql_applies_it(tmp_path, new_db: Callable[..
 
 def test_each_revision_sets_its_timeouts_inside_its_own_transaction(tmp_path) -> None:  # type: ignore[no-untyped-def]
     text = offline_script(tmp_path)
-    transactions = text.split("BEGIN;")[1:]
-    assert len(transactions) == len(revisions_in_order())
-    for transaction in transactions:
-        assert transaction.count("COMMIT;") == 1
-        # After alembic's comment naming the revision, its first two statements.
-        body = transaction.split("-- Running upgrade", 1)[1].split("\n", 1)[1]
+    sections = text.split("-- Running upgrade")[1:]
+    assert len(sections) == len(revisions_in_order())
+    for section in sections:
+        body = section.split("\n", 1)[1]
         first = [ln for ln in body.splitlines() if ln.strip() and not ln.startswith("--")][:2]
         assert first == ["SET LOCAL \"lock_timeout\" = '5s';", "SET LOCAL \"statement_timeout\" = '15min';"]
+    # Session-level timeouts come first, for statements outside a transaction.
+    assert text.lstrip().startswith("SET \"lock_timeout\" = '5s';")
+
+
+def test_concurrent_index_builds_run_outside_any_transaction(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    open_transaction = False
+    concurrent = 0
+    for stmt in parsing.statements(offline_script(tmp_path)):
+        if isinstance(stmt.node, ast.TransactionStmt):
+            open_transaction = stmt.node.kind == enums.TransactionStmtKind.TRANS_STMT_BEGIN
+        elif parsing.needs_autocommit(stmt):
+            concurrent += 1
+            assert not open_transaction, stmt.text
+    assert concurrent >= 3
 
 
 def test_timeouts_are_configurable_and_validated(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
