@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 from collections.abc import Callable
 from typing import Any
@@ -194,3 +195,22 @@ def test_token_only_and_back_restarts_the_backfill(ready: str) -> None:
         ).fetchone() == ("pending", None)
     result = backfill.run(ready, "market.data_bars")
     assert result.rows_updated == 1
+
+
+def test_status_counts_token_only_writes_since_key_primary(ready: str, cli: Callable) -> None:  # type: ignore[type-arg]
+    phases.change_phase(ready, "market.subscriptions", "key_primary", "cutover")
+    with connect(ready) as conn:
+        conn.execute(
+            "INSERT INTO market.subscriptions (instrument_token, subscriber) VALUES (102, 'dave'), (102, 'erin')"
+        )
+        conn.execute(
+            "INSERT INTO market.subscriptions (instrument_key, subscriber) VALUES ('M&M_NSE_EQUITY', 'fay')"
+        )
+    result = cli("status", "--json", dsn=ready)
+    assert result.exit_code == 0, result.stderr
+    tables = {f"{t['table_schema']}.{t['table_name']}": t for t in json.loads(result.stdout)["tables"]}
+    assert tables["market.subscriptions"]["token_only_writes"] == 2
+    assert tables["market.subscriptions"]["phase"] == "key_primary"
+    assert tables["market.data_bars"]["token_only_writes"] == 0
+    assert tables["market.data_bars"]["backfill"] == "done"
+    assert tables["market.data_bars"]["backfilled"] == 150

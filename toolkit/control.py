@@ -68,11 +68,33 @@ def set_setting(conn: psycopg.Connection[Any], key: str, value: str, reason: str
 
 
 def migrated_tables(conn: psycopg.Connection[Any]) -> list[dict[str, Any]]:
+    """Each table's phase, backfill progress and token-only writes since it left dual."""
+    if not _exists(conn, "keyshift.token_usage"):
+        return _rows(
+            conn,
+            "SELECT table_schema, table_name, phase, validation_mode, key_only_token_writes, "
+            "phase_changed_at FROM keyshift.migrated_tables ORDER BY table_schema, table_name",
+        )
     return _rows(
         conn,
-        "SELECT table_schema, table_name, phase, validation_mode, key_only_token_writes, "
-        "phase_changed_at FROM keyshift.migrated_tables ORDER BY table_schema, table_name",
+        """
+        SELECT t.table_schema, t.table_name, t.phase, t.validation_mode, t.key_only_token_writes,
+               t.phase_changed_at, b.status AS backfill, b.rows_updated AS backfilled,
+               b.rows_estimate AS backfill_estimate, b.rows_dead_lettered AS backfill_dead_lettered,
+               (SELECT count(*) FROM keyshift.token_usage u
+                 WHERE u.table_schema = t.table_schema AND u.table_name = t.table_name
+                   AND u.at >= t.phase_changed_at AND t.phase IN ('key_primary', 'key_only'))
+                   AS token_only_writes
+          FROM keyshift.migrated_tables t
+          LEFT JOIN keyshift.backfill_state b USING (table_schema, table_name)
+         ORDER BY t.table_schema, t.table_name
+        """,
     )
+
+
+def _exists(conn: psycopg.Connection[Any], relation: str) -> bool:
+    row = conn.execute("SELECT pg_catalog.to_regclass(%s) IS NOT NULL", (relation,)).fetchone()
+    return bool(row and row[0])
 
 
 def open_dead_letters(conn: psycopg.Connection[Any]) -> list[dict[str, Any]]:
