@@ -328,6 +328,31 @@ COMMENT ON COLUMN keyshift.dead_letters.resolved_at IS 'When it was applied by a
 COMMENT ON COLUMN keyshift.dead_letters.resolved_by IS 'Role that resolved it';
 COMMENT ON COLUMN keyshift.dead_letters.resolution_note IS 'How it was resolved';
 
+CREATE FUNCTION keyshift.dead_letter(p_source text, p_operation text, p_identity jsonb,
+                                     p_payload jsonb, p_reason text)
+RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = keyshift, pg_catalog, pg_temp
+AS $fn$
+BEGIN
+    -- One open dead letter per row: a row written again while still failing
+    -- refreshes its letter instead of adding another.
+    IF p_identity IS NOT NULL THEN
+        UPDATE keyshift.dead_letters d
+           SET payload = p_payload, reason = p_reason, operation = p_operation
+         WHERE d.source = p_source AND d.row_identity = p_identity AND d.resolved_at IS NULL;
+        IF FOUND THEN
+            RETURN;
+        END IF;
+    END IF;
+    INSERT INTO keyshift.dead_letters (source, operation, row_identity, payload, reason)
+    VALUES (p_source, p_operation, p_identity, p_payload, p_reason);
+END
+$fn$;
+COMMENT ON FUNCTION keyshift.dead_letter(text, text, jsonb, jsonb, text) IS 'Record a write that could not be applied, with its reason (writers need no privilege on the table)';
+CREATE INDEX dead_letters_identity_idx ON keyshift.dead_letters (source, row_identity)
+    WHERE resolved_at IS NULL;
+
 -- ---------------------------------------------------------------- reconciliation
 CREATE TABLE keyshift.reconcile_pairs (
     name          text PRIMARY KEY,
@@ -389,3 +414,113 @@ COMMENT ON COLUMN keyshift.reconcile_runs.buckets_mismatched IS 'Buckets whose c
 COMMENT ON COLUMN keyshift.reconcile_runs.match_ratio IS 'Matched rows over the larger side, 0..1';
 COMMENT ON COLUMN keyshift.reconcile_runs.verdict IS 'pass or fail';
 COMMENT ON COLUMN keyshift.reconcile_runs.details IS 'Per-bucket counts and checksums, and the differing rows found';
+
+-- ---------------------------------------------------------------- dead-letter retries
+-- Each source of dead letters names the function that re-applies one of its
+-- rows through the same SQL path as the original write; it raises when the
+-- row still cannot be applied.
+CREATE TABLE keyshift.dead_letter_sources (
+    source           text PRIMARY KEY,
+    retry_function   regprocedure NOT NULL,
+    attempts_setting text,
+    description      text NOT NULL
+);
+COMMENT ON TABLE keyshift.dead_letter_sources IS 'How keyshift dlq retry re-applies the dead letters of each source';
+COMMENT ON COLUMN keyshift.dead_letter_sources.source IS 'dead_letters.source this applies to';
+COMMENT ON COLUMN keyshift.dead_letter_sources.retry_function IS 'function(source text, row_identity jsonb, payload jsonb) that re-applies the row or raises';
+COMMENT ON COLUMN keyshift.dead_letter_sources.attempts_setting IS 'Setting holding how many retries a letter gets before it stays dead (NULL: dlq.retry_attempts)';
+COMMENT ON COLUMN keyshift.dead_letter_sources.description IS 'What a retry does, for operators';
+
+SELECT keyshift.define_setting('dlq.retry_attempts', 'int', '3',
+    'Retries a dead letter gets before it stays dead (sources may name their own setting)');
+
+CREATE FUNCTION keyshift.retry_dead_letter(p_id bigint) RETURNS text
+LANGUAGE plpgsql
+SET search_path = keyshift, pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    letter record;
+    handler record;
+    max_attempts integer;
+BEGIN
+    SELECT * INTO letter FROM keyshift.dead_letters WHERE id = p_id FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'no dead letter %', p_id
+            USING ERRCODE = 'undefined_object', HINT = 'keyshift dlq list shows the open ones';
+    END IF;
+    IF letter.resolved_at IS NOT NULL THEN
+        RETURN 'already resolved';
+    END IF;
+    SELECT * INTO handler FROM keyshift.dead_letter_sources WHERE source = letter.source;
+    IF NOT FOUND THEN
+        RETURN 'no retry for source ' || letter.source || ': resolve it by hand';
+    END IF;
+    max_attempts := keyshift.setting(COALESCE(handler.attempts_setting, 'dlq.retry_attempts'))::integer;
+    IF letter.attempts >= max_attempts THEN
+        RETURN 'dead after ' || letter.attempts || ' attempts';
+    END IF;
+    BEGIN
+        EXECUTE pg_catalog.format('SELECT %s($1, $2, $3)', handler.retry_function::regproc)
+           USING letter.source, letter.row_identity, letter.payload;
+    EXCEPTION WHEN OTHERS THEN
+        UPDATE keyshift.dead_letters
+           SET attempts = attempts + 1, last_attempt_at = pg_catalog.clock_timestamp(), last_error = SQLERRM
+         WHERE id = p_id;
+        RETURN CASE WHEN letter.attempts + 1 >= max_attempts
+                    THEN 'dead after ' || (letter.attempts + 1) || ' attempts: ' || SQLERRM
+                    ELSE 'failed (attempt ' || (letter.attempts + 1) || ' of ' || max_attempts || '): ' || SQLERRM END;
+    END;
+    UPDATE keyshift.dead_letters
+       SET attempts = attempts + 1, last_attempt_at = pg_catalog.clock_timestamp(), last_error = NULL,
+           resolved_at = pg_catalog.clock_timestamp(), resolved_by = session_user,
+           resolution_note = 'applied by retry'
+     WHERE id = p_id;
+    RETURN 'applied';
+END
+$fn$;
+COMMENT ON FUNCTION keyshift.retry_dead_letter(bigint) IS 'Re-apply one dead letter through its source''s retry function; counts the attempt, resolves it on success';
+
+CREATE FUNCTION keyshift.resolve_dead_letter(p_id bigint, p_note text) RETURNS void
+LANGUAGE plpgsql
+SET search_path = keyshift, pg_catalog, pg_temp
+AS $fn$
+BEGIN
+    IF p_note IS NULL OR pg_catalog.btrim(p_note) = '' THEN
+        RAISE EXCEPTION 'resolving dead letter % needs a note', p_id
+            USING ERRCODE = 'invalid_parameter_value', HINT = 'say what was done (--note TEXT)';
+    END IF;
+    UPDATE keyshift.dead_letters
+       SET resolved_at = pg_catalog.clock_timestamp(), resolved_by = session_user, resolution_note = p_note
+     WHERE id = p_id AND resolved_at IS NULL;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'no open dead letter %', p_id
+            USING ERRCODE = 'undefined_object', HINT = 'keyshift dlq list shows the open ones';
+    END IF;
+    PERFORM keyshift.audit('dead_letter', 'dead_letters:' || p_id, 'open', 'resolved', p_note);
+END
+$fn$;
+COMMENT ON FUNCTION keyshift.resolve_dead_letter(bigint, text) IS 'Mark a dead letter resolved by hand, with a note; audit-logged';
+
+-- ---------------------------------------------------------------- flow checkpoints
+CREATE TABLE keyshift.flow_state (
+    flow        text PRIMARY KEY,
+    status      text NOT NULL DEFAULT 'pending',
+    last_key    jsonb,
+    rows_done   bigint NOT NULL DEFAULT 0,
+    rows_dead_lettered bigint NOT NULL DEFAULT 0,
+    started_at  timestamptz,
+    updated_at  timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    finished_at timestamptz,
+    details     jsonb NOT NULL DEFAULT '{}',
+    CONSTRAINT flow_state_status_check CHECK (status IN ('pending', 'running', 'done', 'failed'))
+);
+COMMENT ON TABLE keyshift.flow_state IS 'Checkpoint of batched flows other than token backfills (memberships sync, retention, copies)';
+COMMENT ON COLUMN keyshift.flow_state.flow IS 'Name of the flow: memberships.sync, ...';
+COMMENT ON COLUMN keyshift.flow_state.status IS 'pending, running, done, failed';
+COMMENT ON COLUMN keyshift.flow_state.last_key IS 'Keyset cursor after the last committed batch';
+COMMENT ON COLUMN keyshift.flow_state.rows_done IS 'Rows applied so far in this pass';
+COMMENT ON COLUMN keyshift.flow_state.rows_dead_lettered IS 'Rows dead-lettered so far in this pass';
+COMMENT ON COLUMN keyshift.flow_state.started_at IS 'Start of the current pass';
+COMMENT ON COLUMN keyshift.flow_state.updated_at IS 'Last checkpoint';
+COMMENT ON COLUMN keyshift.flow_state.finished_at IS 'End of the last complete pass';
+COMMENT ON COLUMN keyshift.flow_state.details IS 'Anything else the flow records';

@@ -1,7 +1,12 @@
 -- Downgrade of control_schema. The schema itself stays: alembic's version
 -- table lives in it (alembic/env.py creates it before any revision runs).
+DROP TABLE IF EXISTS keyshift.flow_state;
+DROP FUNCTION IF EXISTS keyshift.resolve_dead_letter(bigint, text);
+DROP FUNCTION IF EXISTS keyshift.retry_dead_letter(bigint);
+DROP TABLE IF EXISTS keyshift.dead_letter_sources;
 DROP TABLE IF EXISTS keyshift.reconcile_runs;
 DROP TABLE IF EXISTS keyshift.reconcile_pairs;
+DROP FUNCTION IF EXISTS keyshift.dead_letter(text, text, jsonb, jsonb, text);
 DROP TABLE IF EXISTS keyshift.dead_letters;
 DROP TABLE IF EXISTS keyshift.backfill_batches;
 DROP TABLE IF EXISTS keyshift.backfill_state;

@@ -26,10 +26,6 @@ COMMENT ON COLUMN keyshift.token_usage.instrument_token IS 'The token written';
 COMMENT ON COLUMN keyshift.token_usage.at IS 'When';
 COMMENT ON COLUMN keyshift.token_usage.actor IS 'Role that wrote it';
 
--- Open dead letters are looked up by identity so a row is dead-lettered once.
-CREATE INDEX dead_letters_identity_idx ON keyshift.dead_letters (source, row_identity)
-    WHERE resolved_at IS NULL;
-
 -- One line of configuration a sync trigger needs, read once per statement:
 -- "<phase>:<validation_mode>:<key_only_token_writes>:<broker>".
 CREATE FUNCTION keyshift.key_sync_config(p_schema text, p_table text) RETURNS text
@@ -72,28 +68,6 @@ END
 $fn$;
 COMMENT ON FUNCTION keyshift.key_sync_statement() IS 'Statement trigger of the key sync: loads the table''s phase and mode once per statement';
 
-CREATE FUNCTION keyshift.key_sync_dead_letter(p_schema text, p_table text, p_operation text,
-                                              p_identity jsonb, p_payload jsonb, p_reason text)
-RETURNS void
-LANGUAGE plpgsql SECURITY DEFINER
-SET search_path = keyshift, pg_catalog, pg_temp
-AS $fn$
-DECLARE
-    v_source text := p_schema || '.' || p_table;
-BEGIN
-    -- One open dead letter per row: a row rewritten while still unmapped
-    -- refreshes its letter instead of adding another.
-    UPDATE keyshift.dead_letters d
-       SET payload = p_payload, reason = p_reason, operation = p_operation
-     WHERE d.source = v_source AND d.row_identity = p_identity AND d.resolved_at IS NULL;
-    IF NOT FOUND THEN
-        INSERT INTO keyshift.dead_letters (source, operation, row_identity, payload, reason)
-        VALUES (v_source, p_operation, p_identity, p_payload, p_reason);
-    END IF;
-END
-$fn$;
-COMMENT ON FUNCTION keyshift.key_sync_dead_letter(text, text, text, jsonb, jsonb, text) IS 'Record a write the key sync could not map (lenient mode)';
-
 CREATE FUNCTION keyshift.key_sync_token_usage(p_schema text, p_table text, p_phase text,
                                               p_operation text, p_token bigint)
 RETURNS void
@@ -104,6 +78,54 @@ AS $fn$
     VALUES (p_schema, p_table, p_phase, p_operation, p_token);
 $fn$;
 COMMENT ON FUNCTION keyshift.key_sync_token_usage(text, text, text, text, bigint) IS 'Count a token-only write to a table past dual';
+
+-- Retry of a token table's dead letter (keyshift dlq retry): give the row the
+-- key its token resolves to now, through the sync trigger (which re-checks
+-- the pair). Raises while the token still has no mapping or the row's key
+-- disagrees with it (that needs a person, not a retry).
+CREATE FUNCTION keyshift.key_sync_retry(p_source text, p_identity jsonb, p_payload jsonb)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = keyshift, pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    m record;
+    rel text;
+    matches text;
+    found_row record;
+    v_broker text := keyshift.setting('registry.legacy_broker');
+BEGIN
+    SELECT * INTO m FROM keyshift.migrated_tables t WHERE t.table_schema || '.' || t.table_name = p_source;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION '% is no longer under migration', p_source;
+    END IF;
+    rel := pg_catalog.format('%I.%I', m.table_schema, m.table_name);
+    SELECT pg_catalog.string_agg(pg_catalog.format('t.%1$I = r.%1$I', c), ' AND ') INTO matches
+      FROM pg_catalog.unnest(m.identity_columns) AS c;
+    EXECUTE pg_catalog.format(
+        'SELECT t.%1$I AS token, t.%2$I AS key, instrument_registry.resolve_key($1, t.%1$I, %3$s) AS resolved
+           FROM %4$s t, pg_catalog.jsonb_populate_record(NULL::%4$s, $2) r WHERE %5$s',
+        m.token_column, m.key_column,
+        CASE WHEN m.time_column IS NULL THEN 'pg_catalog.now()' ELSE pg_catalog.format('t.%I', m.time_column) END,
+        rel, matches)
+    INTO found_row USING v_broker, p_identity;
+    IF found_row IS NULL THEN
+        RETURN;  -- the row is gone: nothing left to apply
+    ELSIF found_row.key IS NOT NULL AND found_row.key IS NOT DISTINCT FROM found_row.resolved THEN
+        RETURN;  -- already repaired
+    ELSIF found_row.resolved IS NULL THEN
+        RAISE EXCEPTION 'still no instrument_key for instrument_token % of broker %', found_row.token, v_broker;
+    ELSIF found_row.key IS NOT NULL THEN
+        RAISE EXCEPTION 'inconsistent pair: token % means %, the row says %: repair the row by hand',
+                        found_row.token, found_row.resolved, found_row.key;
+    END IF;
+    EXECUTE pg_catalog.format(
+        'UPDATE %1$s t SET %2$I = $1 FROM pg_catalog.jsonb_populate_record(NULL::%1$s, $2) r WHERE %3$s',
+        rel, m.key_column, matches)
+    USING found_row.resolved, p_identity;
+END
+$fn$;
+COMMENT ON FUNCTION keyshift.key_sync_retry(text, jsonb, jsonb) IS 'dlq retry of a token table row: give it the key its token now resolves to';
 
 -- Backfill settings (keyshift backfill reads them; --batch-size overrides).
 SELECT keyshift.define_setting('backfill.batch_rows', 'int', '20000',

@@ -15,7 +15,7 @@ import psycopg
 import pytest
 
 from tests.legacy import legacy_bars, make_legacy_db
-from toolkit import backfill
+from toolkit import backfill, dlq
 from toolkit.errors import KeyshiftError
 
 TABLE = "market.data_bars"
@@ -284,3 +284,28 @@ def test_cli_final_line_and_refusal(cli: Callable, legacy: str) -> None:  # type
     assert neither.exit_code == 2 and "name one TABLE" in neither.stderr
     unknown = cli("backfill", "market.nope", dsn=legacy)
     assert unknown.exit_code == 2 and "market.nope is not under migration" in unknown.stderr
+
+
+def test_dead_letters_of_a_token_table_apply_once_the_token_is_mapped(legacy: str) -> None:
+    backfill.run(legacy, TABLE)
+    # Not mapped yet: the retry fails and says why.
+    outcomes = dlq.retry(legacy, retry_all=True)
+    assert len(outcomes) == 3 and all(
+        "still no instrument_key for instrument_token 555" in o["outcome"] for o in outcomes
+    )
+    with connect(legacy) as conn:
+        conn.execute(
+            "INSERT INTO instrument_registry.instruments VALUES ('ZZZ_NSE_EQUITY', 'ZZZ', 'NSE', 'EQUITY')"
+        )
+        conn.execute(
+            "INSERT INTO instrument_registry.broker_instrument_tokens (broker, instrument_token, instrument_key)"
+            " VALUES ('zerodha', 555, 'ZZZ_NSE_EQUITY')"
+        )
+    assert [o["outcome"] for o in dlq.retry(legacy, retry_all=True)] == ["applied"] * 3
+    with connect(legacy) as conn:
+        assert conn.execute(
+            "SELECT count(*) FROM market.data_bars WHERE instrument_token = 555 AND instrument_key = 'ZZZ_NSE_EQUITY'"
+        ).fetchone() == (3,)
+        assert conn.execute(
+            "SELECT count(*) FROM keyshift.dead_letters WHERE resolved_at IS NULL"
+        ).fetchone() == (0,)

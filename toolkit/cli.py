@@ -21,6 +21,8 @@ import psycopg
 
 from toolkit import __version__, control, db, migrate, output
 from toolkit import backfill as backfill_module
+from toolkit import dlq as dlq_module
+from toolkit import memberships as memberships_module
 from toolkit import phases as phases_module
 from toolkit import registry as registry_module
 from toolkit.errors import EXIT_FAIL, EXIT_USAGE, KeyshiftError, UsageError
@@ -320,4 +322,185 @@ def phase(table: str, target: str, reason: str, dry_run: bool, dsn: str | None, 
     total = sum(s.get("seconds", 0) for s in result["steps"])
     click.echo(
         f"{table}: {result['from']} -> {result['phase']} ({len(result['steps'])} statements, {total:.1f} s)"
+    )
+
+
+# ---------------------------------------------------------------- flags, dead letters, memberships
+
+
+@main.group()
+def flags() -> None:
+    """Settings and flags in the control schema (every change is audit-logged)."""
+
+
+@flags.command("get")
+@click.argument("name", required=False)
+@dsn_option
+@json_option
+def flags_get(name: str | None, dsn: str | None, as_json: bool) -> None:
+    """Show one setting, or all of them."""
+    with db.connection(dsn) as conn:
+        control.require_control_schema(conn)
+        rows = [control.get_setting(conn, name)] if name else control.settings(conn)
+    if as_json:
+        output.echo_json(rows if not name else rows[0])
+        return
+    click.echo(output.table(rows, ["key", "value", "kind", "updated_at", "updated_by", "description"]))
+
+
+@flags.command("set")
+@click.argument("name")
+@click.argument("value")
+@click.option("--reason", required=True, help="Why (goes to the audit log).")
+@dsn_option
+@json_option
+def flags_set(name: str, value: str, reason: str, dsn: str | None, as_json: bool) -> None:
+    """Change a setting; the value is checked against its kind."""
+    with db.connection(dsn, autocommit=True) as conn:
+        control.require_control_schema(conn)
+        try:
+            change = control.set_setting(conn, name, value, reason)
+        except psycopg.errors.InvalidParameterValue as exc:
+            raise UsageError(db.describe_pg_error(exc)) from None
+    if as_json:
+        output.echo_json(change)
+        return
+    click.echo(f"{name}: {change['old']} -> {change['new']} ({reason})")
+
+
+@main.group()
+def dlq() -> None:
+    """Dead letters: writes that could not be applied, with the reason."""
+
+
+@dlq.command("list")
+@click.option("--source", "sources", multiple=True, help="Only this source (repeatable).")
+@click.option("--resolved", "include_resolved", is_flag=True, help="Include resolved letters.")
+@dsn_option
+@json_option
+def dlq_list(sources: tuple[str, ...], include_resolved: bool, dsn: str | None, as_json: bool) -> None:
+    """List open dead letters."""
+    rows = dlq_module.list_letters(dsn, sources, include_resolved)
+    if as_json:
+        output.echo_json(rows)
+        return
+    click.echo(
+        output.table(rows, ["id", "source", "operation", "row_identity", "attempts", "reason", "last_error"])
+    )
+
+
+@dlq.command("retry")
+@click.option("--id", "ids", multiple=True, type=int, help="A letter to retry (repeatable).")
+@click.option("--all", "retry_all", is_flag=True, help="Every open letter.")
+@click.option("--source", "sources", multiple=True, help="With --all: only this source.")
+@dsn_option
+@json_option
+def dlq_retry(
+    ids: tuple[int, ...], retry_all: bool, sources: tuple[str, ...], dsn: str | None, as_json: bool
+) -> None:
+    """Re-apply letters through their source's SQL path; a failure counts an attempt."""
+    results = dlq_module.retry(dsn, ids, retry_all, sources)
+    if as_json:
+        output.echo_json(results)
+        return
+    click.echo(output.table(results))
+    applied = sum(1 for r in results if r["outcome"] == "applied")
+    click.echo(f"{applied} of {len(results)} applied")
+
+
+@dlq.command("resolve")
+@click.argument("letter_id", metavar="ID", type=int)
+@click.option("--note", required=True, help="What was done about it (goes to the audit log).")
+@dsn_option
+def dlq_resolve(letter_id: int, note: str, dsn: str | None) -> None:
+    """Mark a letter resolved by hand."""
+    dlq_module.resolve(dsn, letter_id, note)
+    click.echo(f"dead letter {letter_id} resolved: {note}")
+
+
+@main.group()
+def memberships() -> None:
+    """Index memberships: screener -> registry."""
+
+
+@memberships.command("sync")
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Rows per batch (default: setting memberships.batch_size).",
+)
+@dsn_option
+@json_option
+def memberships_sync(batch_size: int | None, dsn: str | None, as_json: bool) -> None:
+    """Copy the legacy memberships into the registry (initial copy, or catch-up after single-write)."""
+    result = memberships_module.sync(dsn, batch_size)
+    if as_json:
+        output.echo_json(result)
+        return
+    resumed = " (resumed)" if result["resumed"] else ""
+    click.echo(
+        f"memberships sync{resumed}: {result['rows_applied']:,} rows applied, "
+        f"{result['rows_dead_lettered']:,} dead-lettered, "
+        f"{result['rows_archived_skipped']:,} already archived, "
+        f"{result['orphans_archived']:,} orphans archived; "
+        f"{result['batches']} batches, {result['seconds']:.1f} s"
+    )
+    click.echo(
+        f"legacy rows {result['legacy_rows']:,}, registry rows {result['registry_rows']:,}, "
+        f"archived {result['archived_rows']:,}, open dead letters {result['open_dead_letters']:,}"
+    )
+
+
+@main.group()
+def rollback() -> None:
+    """Roll a migration back to its previous state."""
+
+
+@rollback.command("memberships")
+@click.option("--reason", default="rollback to single-write", show_default=True, help="Why (audit log).")
+@dsn_option
+@json_option
+def rollback_memberships(reason: str, dsn: str | None, as_json: bool) -> None:
+    """Single-write: stop applying screener writes to the registry (one flag)."""
+    result = memberships_module.rollback(dsn, reason)
+    if as_json:
+        output.echo_json(result)
+        return
+    click.echo(f"memberships.dual_write_enabled: {result['old']} -> {result['new']}")
+    click.echo(
+        "writes to screener.index_memberships no longer reach instrument_registry.index_memberships "
+        f"(legacy rows {result['legacy_rows']:,}, registry rows {result['registry_rows']:,} now)"
+    )
+    click.echo(
+        "to re-enable: keyshift flags set memberships.dual_write_enabled true --reason TEXT, "
+        "then keyshift memberships sync (the catch-up)"
+    )
+
+
+@main.group()
+def retention() -> None:
+    """Archive, then delete, rows past their retention."""
+
+
+@retention.command("run")
+@click.argument("flow", type=click.Choice(["memberships"]))
+@click.option("--dry-run", is_flag=True, help="Count what would move; move nothing.")
+@dsn_option
+@json_option
+def retention_run(flow: str, dry_run: bool, dsn: str | None, as_json: bool) -> None:
+    """Move memberships that ended more than retention_days ago into the archive."""
+    result = memberships_module.retention(dsn, dry_run=dry_run)
+    if as_json:
+        output.echo_json(result)
+        return
+    if dry_run:
+        click.echo(
+            f"{result['rows_to_move']:,} memberships ended more than {result['retention_days']} days ago "
+            "would move to the archive (dry run)"
+        )
+        return
+    click.echo(
+        f"{result['rows_moved']:,} memberships archived then deleted in {result['batches']} batches; "
+        f"live {result['registry_rows']:,}, archived {result['archived_rows']:,}"
     )
