@@ -222,16 +222,25 @@ def _run_locked(
     )
     with conn.cursor(row_factory=dict_row) as cur:
         state = cur.execute(
-            "SELECT s.status, s.last_key, c.reltuples, c.relpages,"
+            "SELECT s.status, s.last_key, c.reltuples, c.relpages, c.relfilenode::bigint AS relfilenode,"
             " pg_relation_size(c.oid) / current_setting('block_size')::bigint AS blocks"
             " FROM keyshift.backfill_state s, pg_class c"
             " WHERE s.table_schema = %s AND s.table_name = %s AND c.oid = %s::regclass",
             (schema, name, relation),
         ).fetchone()
     assert state is not None
-    resume = state["status"] in ("running", "paused", "failed") and state["last_key"]
-    from_block = int(state["last_key"]["block"]) if resume else 0
-    blocks_total = max(int(state["blocks"]), 1)
+    last = state["last_key"] or {}
+    # A pass covers the blocks the table had when it started: every row of a
+    # later block was written after that, through the sync trigger (the
+    # backfill's own new row versions land there too). A rewritten table
+    # (VACUUM FULL, CLUSTER) has new block numbers: the pass starts over.
+    resume = (
+        state["status"] in ("running", "paused", "failed")
+        and "block" in last
+        and last.get("relfilenode") == state["relfilenode"]
+    )
+    from_block = int(last["block"]) if resume else 0
+    blocks_total = int(last["end"]) if resume and "end" in last else max(int(state["blocks"]), 1)
     rows_per_block = (
         (state["reltuples"] / state["relpages"]) if state["relpages"] > 0 and state["reltuples"] > 0 else 50.0
     )
@@ -245,9 +254,9 @@ def _run_locked(
     conn.execute(
         "UPDATE keyshift.backfill_state SET status = 'running', rows_estimate = %s,"
         " started_at = COALESCE(CASE WHEN %s THEN started_at END, now()), finished_at = NULL,"
-        " last_key = jsonb_build_object('block', %s::bigint), updated_at = now()"
-        " WHERE table_schema = %s AND table_name = %s",
-        (rows_estimate, bool(resume), from_block, schema, name),
+        " last_key = jsonb_build_object('block', %s::bigint, 'end', %s::bigint, 'relfilenode', %s::bigint),"
+        " updated_at = now() WHERE table_schema = %s AND table_name = %s",
+        (rows_estimate, bool(resume), from_block, blocks_total, state["relfilenode"], schema, name),
     )
 
     result = Result(table, "running")
@@ -309,7 +318,6 @@ def _run_locked(
             result.rows_updated += int(row["rows_updated"])
             result.rows_dead_lettered += int(row["rows_dead_lettered"])
             from_block = int(row["next_block"])
-            blocks_total = max(blocks_total, int(row["relation_blocks"]))
             # Aim for the target duration; change at most 2x per batch.
             ratio = settings.target_ms / max(seconds * 1000, 1.0)
             if row["rows_updated"] >= 1000:
