@@ -1,0 +1,116 @@
+"""Sync-trigger overhead: single-row inserts from several clients, and one bulk INSERT ... SELECT.
+
+    python -m bench.sync_trigger [--rows N] [--clients C] [--seconds S] [--json]
+
+(a) pgbench, a custom script of one-row INSERTs into market.data_bars from
+--clients connections: tps with the table's key sync triggers (phase dual)
+vs the same table with them disabled. Target: >= 0.90.
+(b) INSERT ... SELECT of --rows bars with vs without the triggers, in two
+orders: each instrument's day together (a history load) and each minute's
+bars of all instruments together. Target: <= 2.0x.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench import common, seed
+from toolkit import db, migrate
+
+PGBENCH_SCRIPT = """\\set tok random(100001, 105000)
+\\set ms random(0, 999999999)
+INSERT INTO market.data_bars (instrument_token, timeframe, ts, open, high, low, close)
+VALUES (:tok, '1m', '2026-02-01'::timestamptz + (:client_id * 1000000000::bigint + :ms) * interval '1 millisecond', 1, 1, 1, 1)
+ON CONFLICT DO NOTHING;
+"""
+
+
+def prepare(dsn: str) -> None:
+    migrate.upgrade(dsn, str(migrate.script().get_revision("key_primary_contract").down_revision))
+    with db.connection(dsn, autocommit=True) as conn:
+        seed.registry(conn)
+        conn.execute("VACUUM ANALYZE")
+
+
+def without_triggers(dsn: str) -> None:
+    with db.connection(dsn, autocommit=True) as conn:
+        conn.execute("ALTER TABLE market.data_bars DISABLE TRIGGER USER")
+
+
+def pgbench_tps(dsn: str, clients: int, seconds: int) -> float:
+    with tempfile.TemporaryDirectory() as tmp:
+        script = Path(tmp) / "insert.sql"
+        script.write_text(PGBENCH_SCRIPT)
+        out = subprocess.run(
+            ["pgbench", "-n", "-f", str(script), "-c", str(clients), "-j", str(min(clients, 2)),
+             "-T", str(seconds), dsn],
+            capture_output=True, text=True,
+        )
+    if out.returncode != 0:
+        raise RuntimeError(f"pgbench failed: {out.stderr.strip()}")
+    match = re.search(r"tps = ([0-9.]+) \(without initial connection time\)", out.stdout)
+    if not match:
+        raise RuntimeError(f"pgbench printed no tps:\n{out.stdout}")
+    return float(match.group(1))
+
+
+def bulk_seconds(dsn: str, rows: int, order: str) -> float:
+    select, params = seed.bars_sql(rows, order, start="2026-01-19 20:00:00+00")
+    with db.connection(dsn, autocommit=True) as conn:
+        started = time.perf_counter()
+        conn.execute(
+            "INSERT INTO market.data_bars (instrument_token, timeframe, ts, open, high, low, close, volume) "
+            + select,
+            params,
+        )
+        return time.perf_counter() - started
+
+
+def main() -> None:
+    p = common.parser(__doc__.splitlines()[0], default_rows=1_000_000)
+    p.add_argument("--clients", type=int, default=4, help="pgbench clients (default 4)")
+    p.add_argument("--seconds", type=int, default=15, help="pgbench duration per run (default 15)")
+    args = p.parse_args()
+    info = common.server_info(args.dsn)
+    with common.scratch_database(args.dsn, "ks_bench_trigger", args.keep) as dsn:
+        prepare(dsn)
+        tps_with: list[float] = []
+        tps_without: list[float] = []
+        bulk: dict[str, tuple[list[float], list[float]]] = {"instrument": ([], []), "time": ([], [])}
+        for i in range(args.runs):
+            with common.clone(dsn, f"t{i}") as copy:
+                tps_with.append(pgbench_tps(copy, args.clients, args.seconds))
+            with common.clone(dsn, f"u{i}") as copy:
+                without_triggers(copy)
+                tps_without.append(pgbench_tps(copy, args.clients, args.seconds))
+            for order, (with_runs, without_runs) in bulk.items():
+                with common.clone(dsn, f"b{order[0]}{i}") as copy:
+                    common.checkpoint(copy)
+                    with_runs.append(bulk_seconds(copy, args.rows, order))
+                with common.clone(dsn, f"c{order[0]}{i}") as copy:
+                    without_triggers(copy)
+                    common.checkpoint(copy)
+                    without_runs.append(bulk_seconds(copy, args.rows, order))
+    # tps: higher is better, so the ratio is with/without and the target a minimum.
+    figures = [
+        common.Figure("single-row insert tps, with triggers", "tps", tps_with, tps_without,
+                      notes=f"pgbench, {args.clients} clients, {args.seconds} s; floor: triggers disabled").check(">=", 0.90),
+    ]
+    for order, (with_runs, without_runs) in bulk.items():
+        label = "grouped by instrument" if order == "instrument" else "interleaved by minute"
+        figures.append(
+            common.Figure(f"bulk INSERT ... SELECT, {label}", "s", with_runs, without_runs,
+                          notes="floor: triggers disabled").check("<=", 2.0)
+        )
+    inputs: dict[str, Any] = {"rows": args.rows, "runs": args.runs, "clients": args.clients,
+                              "seconds": args.seconds, "instruments": 5000}
+    common.report("sync trigger overhead", info, inputs, figures, args.json)
+
+
+if __name__ == "__main__":
+    main()
