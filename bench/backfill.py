@@ -115,15 +115,30 @@ def main() -> None:
             quiet_p99 = writer.p99(quiet_from, busy_from)
             busy_p99 = writer.p99(busy_from, busy_to)
     figures = [
-        common.Figure("backfill time", "s", runs, floors, notes="floor: one UPDATE ... FROM, same triggers").check("<=", 1.15),
-        common.Figure("floor without triggers", "s", bare, notes="the same UPDATE with the table's triggers disabled"),
+        common.Figure(
+            "backfill time", "s", runs, floors, notes="floor: one UPDATE ... FROM, same triggers"
+        ).check("<=", 1.15),
+        common.Figure(
+            "floor without triggers", "s", bare, notes="the same UPDATE with the table's triggers disabled"
+        ),
         common.Figure("rows per second", "rows/s", [args.rows / r for r in runs]),
         common.Figure("median batch transaction", "ms", batch_medians).check("<=", 250),
-        common.Figure("writer p99 during backfill", "ms", [busy_p99], [quiet_p99],
-                      notes=f"{args.writer_rate:g} single-row inserts/s; floor: p99 without the backfill"),
+        common.Figure(
+            "writer p99 during backfill",
+            "ms",
+            [busy_p99],
+            [quiet_p99],
+            notes=f"{args.writer_rate:g} single-row inserts/s; floor: p99 without the backfill",
+        ),
     ]
-    inputs: dict[str, Any] = {"rows": args.rows, "runs": args.runs, "instruments": 5000, "reused_tokens": 500,
-                              "heap_order": "time", "writer_rate": args.writer_rate}
+    inputs: dict[str, Any] = {
+        "rows": args.rows,
+        "runs": args.runs,
+        "instruments": 5000,
+        "reused_tokens": 500,
+        "heap_order": "time",
+        "writer_rate": args.writer_rate,
+    }
     common.report("backfill", info, inputs, figures, args.json)
 
 

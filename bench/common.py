@@ -76,7 +76,9 @@ class Figure:
 
 def parser(description: str, default_rows: int) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description)
-    p.add_argument("--rows", type=int, default=default_rows, help=f"rows of test data (default {default_rows:,})")
+    p.add_argument(
+        "--rows", type=int, default=default_rows, help=f"rows of test data (default {default_rows:,})"
+    )
     p.add_argument("--runs", type=int, default=3, help="runs per figure; the median is reported (default 3)")
     p.add_argument("--dsn", default=None, help="server to use (default: DATABASE_URL, else PG* variables)")
     p.add_argument("--json", action="store_true", help="print JSON")
@@ -88,7 +90,8 @@ def server_info(dsn: str | None) -> dict[str, Any]:
     with db.connection(dsn) as conn:
         version = conn.execute("SHOW server_version").fetchone()
         rows = conn.execute(
-            "SELECT name, setting, unit FROM pg_settings WHERE name = ANY(%s) ORDER BY name", (list(SETTINGS),)
+            "SELECT name, setting, unit FROM pg_settings WHERE name = ANY(%s) ORDER BY name",
+            (list(SETTINGS),),
         ).fetchall()
     return {
         "server_version": version[0] if version else "?",
@@ -124,10 +127,15 @@ def clone(dsn: str, suffix: str) -> Iterator[str]:
     name = f"{source}_{suffix}"[:63]
     with db.connection(dsn, autocommit=True) as conn:
         # The template may have no other connection while it is copied.
-        conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()", (source,))
+        conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+            (source,),
+        )
     with db.connection(db.with_database(dsn, "postgres"), autocommit=True) as conn:
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name)))
-        conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(sql.Identifier(name), sql.Identifier(source)))
+        conn.execute(
+            sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(sql.Identifier(name), sql.Identifier(source))
+        )
     try:
         yield db.with_database(dsn, name)
     finally:
@@ -150,7 +158,9 @@ def checkpoint(dsn: str) -> None:
         conn.execute("CHECKPOINT")
 
 
-def report(title: str, info: dict[str, Any], inputs: dict[str, Any], figures: list[Figure], as_json: bool) -> None:
+def report(
+    title: str, info: dict[str, Any], inputs: dict[str, Any], figures: list[Figure], as_json: bool
+) -> None:
     data = {"benchmark": title, **info, "inputs": inputs, "figures": [f.row() for f in figures]}
     if as_json:
         output.echo_json(data)

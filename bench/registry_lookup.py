@@ -35,13 +35,19 @@ def main() -> None:
         with db.connection(dsn, autocommit=True) as conn:
             seed.registry(conn, instruments=45_000, reused=5_000)
             conn.execute("VACUUM ANALYZE instrument_registry.broker_instrument_tokens")
-            (mappings,) = conn.execute("SELECT count(*) FROM instrument_registry.broker_instrument_tokens").fetchone() or (0,)
+            (mappings,) = conn.execute(
+                "SELECT count(*) FROM instrument_registry.broker_instrument_tokens"
+            ).fetchone() or (0,)
             per_call: list[float] = []
             floor: list[float] = []
             for _ in range(args.runs):
-                conn.execute("CREATE TEMP TABLE IF NOT EXISTS inputs AS " + INPUTS.replace("%s", str(int(args.rows))))
+                conn.execute(
+                    "CREATE TEMP TABLE IF NOT EXISTS inputs AS " + INPUTS.replace("%s", str(int(args.rows)))
+                )
                 started = time.perf_counter()
-                conn.execute("SELECT count(instrument_registry.resolve_key('zerodha', tok, at)) FROM inputs").fetchone()
+                conn.execute(
+                    "SELECT count(instrument_registry.resolve_key('zerodha', tok, at)) FROM inputs"
+                ).fetchone()
                 per_call.append((time.perf_counter() - started) / args.rows * 1e6)
                 started = time.perf_counter()
                 conn.execute("SELECT count(tok + 1) FROM inputs").fetchone()
@@ -60,13 +66,27 @@ def main() -> None:
     latencies.sort()
     p95 = latencies[int(len(latencies) * 0.95)]
     figures = [
-        common.Figure("resolve_key in the database", "us/call", per_call, floor,
-                      notes="floor: the same statement without the call"),
+        common.Figure(
+            "resolve_key in the database",
+            "us/call",
+            per_call,
+            floor,
+            notes="floor: the same statement without the call",
+        ),
         common.Figure("resolve_key calls per second", "calls/s", [1e6 / c for c in per_call]),
-        common.Figure("resolve_key p95 over the network path", "ms", [p95],
-                      notes=f"{args.network_calls} sequential round trips on loopback").check("<=", 50),
+        common.Figure(
+            "resolve_key p95 over the network path",
+            "ms",
+            [p95],
+            notes=f"{args.network_calls} sequential round trips on loopback",
+        ).check("<=", 50),
     ]
-    inputs: dict[str, Any] = {"mappings": mappings, "reused_tokens": 5000, "calls": args.rows, "runs": args.runs}
+    inputs: dict[str, Any] = {
+        "mappings": mappings,
+        "reused_tokens": 5000,
+        "calls": args.rows,
+        "runs": args.runs,
+    }
     common.report("registry lookup", info, inputs, figures, args.json)
 
 

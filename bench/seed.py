@@ -11,8 +11,13 @@ FIRST_TOKEN = 100_001
 START = "2026-01-05 03:45:00+00"  # 09:15 IST
 
 
-def registry(conn: psycopg.Connection[Any], instruments: int = 5000, reused: int = 500,
-             reuse_at: str = "2026-01-20 00:00:00+00", extra_mappings: int = 0) -> None:
+def registry(
+    conn: psycopg.Connection[Any],
+    instruments: int = 5000,
+    reused: int = 500,
+    reuse_at: str = "2026-01-20 00:00:00+00",
+    extra_mappings: int = 0,
+) -> None:
     """``instruments`` tokens; the first ``reused`` of them mean another instrument from ``reuse_at``."""
     conn.execute(
         "INSERT INTO instrument_registry.instruments (instrument_key, symbol, exchange, instrument_type)"
@@ -40,8 +45,13 @@ def registry(conn: psycopg.Connection[Any], instruments: int = 5000, reused: int
     conn.execute("SELECT keyshift.set_setting('registry.legacy_broker', %s, 'benchmark')", (BROKER,))
 
 
-def bars_sql(rows: int, order: str = "time", start_token: int = FIRST_TOKEN, instruments: int = 5000,
-             start: str = START) -> tuple[str, tuple[Any, ...]]:
+def bars_sql(
+    rows: int,
+    order: str = "time",
+    start_token: int = FIRST_TOKEN,
+    instruments: int = 5000,
+    start: str = START,
+) -> tuple[str, tuple[Any, ...]]:
     """A SELECT of ``rows`` minute bars: each minute all instruments ("time") or each instrument's day ("instrument")."""
     if order == "time":
         token, minute = f"{start_token} + mod(i, {instruments})", f"(i / {instruments})"
@@ -62,6 +72,7 @@ def legacy_bars(conn: psycopg.Connection[Any], rows: int, order: str = "time") -
     """Bars written before keyshift: no key column yet, no trigger."""
     select, params = bars_sql(rows, order)
     conn.execute(
-        "INSERT INTO market.data_bars (instrument_token, timeframe, ts, open, high, low, close, volume) " + select,
+        "INSERT INTO market.data_bars (instrument_token, timeframe, ts, open, high, low, close, volume) "
+        + select,
         params,
     )

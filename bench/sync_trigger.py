@@ -47,9 +47,21 @@ def pgbench_tps(dsn: str, clients: int, seconds: int) -> float:
         script = Path(tmp) / "insert.sql"
         script.write_text(PGBENCH_SCRIPT)
         out = subprocess.run(
-            ["pgbench", "-n", "-f", str(script), "-c", str(clients), "-j", str(min(clients, 2)),
-             "-T", str(seconds), dsn],
-            capture_output=True, text=True,
+            [
+                "pgbench",
+                "-n",
+                "-f",
+                str(script),
+                "-c",
+                str(clients),
+                "-j",
+                str(min(clients, 2)),
+                "-T",
+                str(seconds),
+                dsn,
+            ],
+            capture_output=True,
+            text=True,
         )
     if out.returncode != 0:
         raise RuntimeError(f"pgbench failed: {out.stderr.strip()}")
@@ -98,17 +110,32 @@ def main() -> None:
                     without_runs.append(bulk_seconds(copy, args.rows, order))
     # tps: higher is better, so the ratio is with/without and the target a minimum.
     figures = [
-        common.Figure("single-row insert tps, with triggers", "tps", tps_with, tps_without,
-                      notes=f"pgbench, {args.clients} clients, {args.seconds} s; floor: triggers disabled").check(">=", 0.90),
+        common.Figure(
+            "single-row insert tps, with triggers",
+            "tps",
+            tps_with,
+            tps_without,
+            notes=f"pgbench, {args.clients} clients, {args.seconds} s; floor: triggers disabled",
+        ).check(">=", 0.90),
     ]
     for order, (with_runs, without_runs) in bulk.items():
         label = "grouped by instrument" if order == "instrument" else "interleaved by minute"
         figures.append(
-            common.Figure(f"bulk INSERT ... SELECT, {label}", "s", with_runs, without_runs,
-                          notes="floor: triggers disabled").check("<=", 2.0)
+            common.Figure(
+                f"bulk INSERT ... SELECT, {label}",
+                "s",
+                with_runs,
+                without_runs,
+                notes="floor: triggers disabled",
+            ).check("<=", 2.0)
         )
-    inputs: dict[str, Any] = {"rows": args.rows, "runs": args.runs, "clients": args.clients,
-                              "seconds": args.seconds, "instruments": 5000}
+    inputs: dict[str, Any] = {
+        "rows": args.rows,
+        "runs": args.runs,
+        "clients": args.clients,
+        "seconds": args.seconds,
+        "instruments": 5000,
+    }
     common.report("sync trigger overhead", info, inputs, figures, args.json)
 
 
