@@ -554,9 +554,12 @@ def reconcile(
     """
     adhoc = any((source, target, key, columns, slices, bucket_by))
     if show_history:
-        with db.connection(dsn) as conn:
+        with db.connection(dsn, autocommit=True) as conn:
             rows = reconcile_module.history(conn, name)
-        output.echo_json(rows) if as_json else click.echo(output.table(rows))
+        if as_json:
+            output.echo_json(rows)
+        else:
+            click.echo(output.table(rows))
         return
     if sum((bool(name), all_pairs, adhoc)) != 1:
         raise UsageError("give one of: a pair NAME, --all, or --source/--target/--key (ad hoc)")
@@ -565,7 +568,7 @@ def reconcile(
     options: dict[str, Any] = {"mode": mode, "max_rows": max_rows}
     if not serial:
         options["helper_dsn"] = db.resolve_dsn(dsn)
-    with db.connection(dsn) as conn, _reconcile_progress(not as_json) as show:
+    with db.connection(dsn, autocommit=True) as conn, _reconcile_progress(not as_json) as show:
         options["progress"] = show
         if all_pairs:
             results = reconcile_module.run_all(conn, **options)

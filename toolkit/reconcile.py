@@ -61,8 +61,9 @@ class Side:
     source: sql.Composable  # FROM item, aliased t
     columns: dict[str, Column]
     slice: dict[str, Any] = field(default_factory=dict)
-    unmapped: sql.Composable = sql.SQL("false")  # mapping pairs: the token had no key
-    note: sql.Composable = sql.SQL("NULL::text")  # shown beside a difference (the legacy token)
+    # mapping pairs: the token had no key; and what is shown beside a difference (the token)
+    unmapped: sql.Composable = field(default_factory=lambda: sql.SQL("false"))
+    note: sql.Composable = field(default_factory=lambda: sql.SQL("NULL::text"))
 
     def col(self, name: str) -> Column:
         if name not in self.columns:
@@ -349,7 +350,8 @@ j AS MATERIALIZED (
                 WHEN sa.n <> ta.n THEN 'duplicate'
                 WHEN sa.hsum <> ta.hsum OR sa.hmin <> ta.hmin OR sa.hmax <> ta.hmax THEN 'changed'
            END AS category,
-           CASE WHEN sa.unmapped OR sa.hmin <> ta.hmin OR sa.hmax <> ta.hmax THEN 0
+           CASE WHEN sa.k IS NULL OR ta.k IS NULL OR sa.unmapped
+                     OR sa.hmin <> ta.hmin OR sa.hmax <> ta.hmax THEN 0
                 WHEN sa.n = ta.n AND sa.hsum = ta.hsum THEN sa.n
                 WHEN sa.hmin = sa.hmax THEN LEAST(sa.n, ta.n)
                 ELSE 0 END AS matched
@@ -633,6 +635,10 @@ def _problem_rows(
     return (rows[0][0] if rows else 0), [r[1] for r in rows]
 
 
+def _keyed(category: str, names: list[str], keys: list[list[str]], target_rows: int) -> list[Difference]:
+    return [Difference(category, dict(zip(names, k, strict=True)), {}, 1, target_rows) for k in keys]
+
+
 def kind_relocation(
     snap: Snapshot, spec: dict[str, Any], pair: str, max_rows: int, progress: ProgressFn
 ) -> tuple[Counts, str, str]:
@@ -654,12 +660,10 @@ def kind_relocation(
     in_slice, params = plan.where(src, "")
     # Rows outside the slice must never carry the relocation's mark.
     outside = sql.SQL("NOT COALESCE(({}), false) AND t.{} IS NOT NULL").format(in_slice, marker)
-    n, keys = _problem_rows(snap, src, plan.key, outside, params, max_rows)
-    counts.add(
-        "touched_outside_slice",
-        n,
-        [Difference("touched_outside_slice", dict(zip(plan.key, k, strict=True)), {}, 1, 0) for k in keys],
-    )
+    # Problem rows are named by the slice columns too: outside the slice they differ.
+    names = list(dict.fromkeys([*src.slice, *plan.key]))
+    n, keys = _problem_rows(snap, src, names, outside, params, max_rows)
+    counts.add("touched_outside_slice", n, _keyed("touched_outside_slice", names, keys, 0))
     if spec.get("cleaned_at"):
         t_where, t_params = plan.where(tgt, "t_")
         live = sql.SQL("({w}) AND t.{m} IS NULL AND {k} IN (SELECT {tk} FROM {tsrc} WHERE {tw})").format(
@@ -670,12 +674,8 @@ def kind_relocation(
             tsrc=tgt.source,
             tw=t_where,
         )
-        n, keys = _problem_rows(snap, src, plan.key, live, {**params, **t_params}, max_rows)
-        counts.add(
-            "live_in_both",
-            n,
-            [Difference("live_in_both", dict(zip(plan.key, k, strict=True)), {}, 1, 1) for k in keys],
-        )
+        n, keys = _problem_rows(snap, src, names, live, {**params, **t_params}, max_rows)
+        counts.add("live_in_both", n, _keyed("live_in_both", names, keys, 1))
     return counts, src.relation, tgt.relation
 
 
@@ -786,14 +786,15 @@ def run(
     record: bool = True,
 ) -> Result:
     """Reconcile one spec in one snapshot, decide the verdict, store the run; ``conn`` must be idle."""
-    require_control_schema(conn)
+    if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+        raise UsageError("reconcile needs a connection with no transaction open (it opens its own snapshot)")
     if kind not in KINDS:
         raise UsageError(f"{pair}: kind {kind!r} is not one of {', '.join(KINDS)}")
     if max_rows < 0:
         raise UsageError(f"--max-rows must be 0 or more, got {max_rows}")
-    threshold = _threshold(conn, mode)
-    if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
-        raise UsageError("reconcile needs a connection with no transaction open (it opens its own snapshot)")
+    with conn.transaction():
+        require_control_schema(conn)
+        threshold = _threshold(conn, mode)
     show = progress or _noop
     started = dt.datetime.now(dt.timezone.utc)
     clock = time.monotonic()
@@ -894,8 +895,9 @@ def run_adhoc(
 
 
 def pairs(conn: psycopg.Connection[Any]) -> list[dict[str, Any]]:
-    require_control_schema(conn)
-    with conn.cursor(row_factory=dict_row) as cur:
+    """The registered pairs, by name."""
+    with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
+        require_control_schema(conn)
         return list(
             cur.execute(
                 "SELECT name, kind, spec, description, registered_by"
@@ -923,8 +925,8 @@ def run_all(conn: psycopg.Connection[Any], **options: Any) -> list[Result]:
 
 def history(conn: psycopg.Connection[Any], pair: str | None = None, limit: int = 20) -> list[dict[str, Any]]:
     """The latest runs, newest first (of one pair, or all)."""
-    require_control_schema(conn)
-    with conn.cursor(row_factory=dict_row) as cur:
+    with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
+        require_control_schema(conn)
         return list(
             cur.execute(
                 "SELECT id, pair, mode, verdict, round(match_ratio * 100, 4) AS match_percent, rows_source,"
