@@ -43,7 +43,6 @@ STORED_BUCKETS_MAX = 1000  # buckets kept in a run's details
 INVARIANTS = ("touched_outside_slice", "live_in_both")
 _TIME_STEPS = {"day": dt.timedelta(days=1), "hour": dt.timedelta(hours=1)}
 _TIME_TYPES = ("timestamptz", "timestamp", "date")
-_ISO = 'YYYY-MM-DD"T"HH24:MI:SS.US'
 
 
 @dataclass(frozen=True)
@@ -190,22 +189,20 @@ def canonical(column: Column, peer: Column | None = None) -> sql.Composable:
         if column.typname in floats or (peer is not None and peer.typname in floats):
             return sql.SQL("({})::float8::text").format(ref)
         return sql.SQL("pg_catalog.trim_scale(({})::numeric)::text").format(ref)
-    if column.typname in _TIME_TYPES:
-        utc = sql.SQL(" AT TIME ZONE 'UTC'") if column.typname == "timestamptz" else sql.SQL("")
-        fmt = sql.Literal("YYYY-MM-DD" if column.typname == "date" else _ISO)
-        # to_char gives NULL for +-infinity; keep them apart from NULL.
-        return sql.SQL(
-            "CASE WHEN pg_catalog.isfinite({r}) THEN pg_catalog.to_char({r}{u}, {f}) ELSE {r}::text END"
-        ).format(r=ref, u=utc, f=fmt)
+    # Date/time types print in the run's fixed DateStyle (ISO); a timestamptz as
+    # its UTC wall-clock time, whatever zone it was written in (and equal to a
+    # timestamp holding UTC). Cheaper than to_char, and +-infinity stay apart from NULL.
+    if column.typname == "timestamptz":
+        return sql.SQL("({} AT TIME ZONE 'UTC')::text").format(ref)
     if column.typname == "json":
         return sql.SQL("({})::jsonb::text").format(ref)
     return sql.SQL("({})::text").format(ref)
 
 
 def _joined(exprs: Iterable[sql.Composable]) -> sql.Composable:
-    """One unambiguous text of several values: each quoted (NULL bare), comma-separated."""
-    quoted = [sql.SQL("pg_catalog.quote_nullable({})").format(e) for e in exprs]
-    return sql.SQL("pg_catalog.concat_ws(',', {})").format(sql.SQL(", ").join(quoted))
+    """One unambiguous text of several text values: a row literal, where NULL is
+    empty and '' is quoted ("(,\"\")"), and quotes inside values are escaped."""
+    return sql.SQL("ROW({})::text").format(sql.SQL(", ").join(exprs))
 
 
 # ---------------------------------------------------------------- one side's SQL
@@ -252,10 +249,11 @@ class Plan:
         column = side.col(b.column)
         ref = sql.SQL("t.{}").format(sql.Identifier(b.column))
         if b.unit in _TIME_STEPS:
-            utc = sql.SQL(" AT TIME ZONE 'UTC'") if column.typname == "timestamptz" else sql.SQL("")
+            # date_trunc of a timestamptz works in the run's TimeZone, UTC.
+            cast = sql.SQL("::timestamp") if column.typname == "date" else sql.SQL("")
             return (
-                sql.SQL("pg_catalog.to_char(pg_catalog.date_trunc({u}, {r}{z}), {f})").format(
-                    u=sql.Literal(b.unit), r=ref, z=utc, f=sql.Literal(_ISO)
+                sql.SQL("pg_catalog.date_trunc({u}, {r}{c})::text").format(
+                    u=sql.Literal(b.unit), r=ref, c=cast
                 ),
                 {},
             )
@@ -278,11 +276,9 @@ class Plan:
             lo: Any
             hi: Any
             if b.unit in _TIME_STEPS:
-                lo = dt.datetime.fromisoformat(text)
+                lo = dt.datetime.fromisoformat(text)  # "2026-01-01 00:00:00+00" for a timestamptz
                 hi = lo + _TIME_STEPS[b.unit]
-                if column.typname == "timestamptz":
-                    lo, hi = lo.replace(tzinfo=dt.timezone.utc), hi.replace(tzinfo=dt.timezone.utc)
-                elif column.typname == "date":
+                if column.typname == "date":
                     lo, hi = lo.date(), hi.date()
             else:
                 lo = Decimal(text) * int(b.unit)
@@ -425,6 +421,10 @@ def _session_settings(conn: psycopg.Connection[Any]) -> None:
         ("DateStyle", "ISO, YMD"),
         ("IntervalStyle", "postgres"),
         ("extra_float_digits", "1"),
+        # The planner cannot know that a bucket expression has few values: it
+        # estimates one group per row and sorts (spilling to disk) instead of
+        # hashing a few hundred groups.
+        ("enable_sort", "off"),
     ):
         conn.execute("SELECT pg_catalog.set_config(%s, %s, true)", (name, value))
 
