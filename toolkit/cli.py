@@ -24,6 +24,7 @@ from toolkit import backfill as backfill_module
 from toolkit import dlq as dlq_module
 from toolkit import memberships as memberships_module
 from toolkit import phases as phases_module
+from toolkit import reconcile as reconcile_module
 from toolkit import registry as registry_module
 from toolkit.errors import EXIT_FAIL, EXIT_USAGE, KeyshiftError, UsageError
 from toolkit.render import render as render_template
@@ -504,3 +505,149 @@ def retention_run(flow: str, dry_run: bool, dsn: str | None, as_json: bool) -> N
         f"{result['rows_moved']:,} memberships archived then deleted in {result['batches']} batches; "
         f"live {result['registry_rows']:,}, archived {result['archived_rows']:,}"
     )
+
+
+# ---------------------------------------------------------------- reconcile
+
+
+@main.command()
+@click.argument("name", required=False)
+@click.option("--all", "all_pairs", is_flag=True, help="Every registered pair.")
+@click.option("--source", help="Ad hoc: the source relation, schema.table.")
+@click.option("--target", help="Ad hoc: the target relation, schema.table.")
+@click.option("--key", help="Ad hoc: the key columns, COL[,COL].")
+@click.option("--columns", help="Ad hoc: the columns compared (default: all shared by both sides).")
+@click.option(
+    "--slice", "slices", multiple=True, metavar="COL=VALUE", help="Ad hoc: only rows with COL = VALUE."
+)
+@click.option(
+    "--bucket-by", metavar="COL:day|hour|N", help="Buckets by time or by a width (default: key hash)."
+)
+@click.option("--mode", type=click.Choice(reconcile_module.MODES), default="strict", show_default=True)
+@click.option("--max-rows", type=click.IntRange(min=0), default=100, show_default=True, help="Rows listed.")
+@click.option("--history", "show_history", is_flag=True, help="List past runs (of NAME, or all).")
+@click.option("--serial", is_flag=True, help="One backend instead of two sharing a snapshot.")
+@dsn_option
+@json_option
+@click.pass_context
+def reconcile(
+    ctx: click.Context,
+    name: str | None,
+    all_pairs: bool,
+    source: str | None,
+    target: str | None,
+    key: str | None,
+    columns: str | None,
+    slices: tuple[str, ...],
+    bucket_by: str | None,
+    mode: str,
+    max_rows: int,
+    show_history: bool,
+    serial: bool,
+    dsn: str | None,
+    as_json: bool,
+) -> None:
+    """Compare two relations by counts and checksums per bucket, listing the rows that differ.
+
+    NAME runs a registered pair, --all all of them; --source/--target/--key compare
+    two relations ad hoc. Exit 0 when every pair passes, 1 when one does not.
+    """
+    adhoc = any((source, target, key, columns, slices, bucket_by))
+    if show_history:
+        with db.connection(dsn, autocommit=True) as conn:
+            rows = reconcile_module.history(conn, name)
+        if as_json:
+            output.echo_json(rows)
+        else:
+            click.echo(output.table(rows))
+        return
+    if sum((bool(name), all_pairs, adhoc)) != 1:
+        raise UsageError("give one of: a pair NAME, --all, or --source/--target/--key (ad hoc)")
+    if adhoc and not (source and target and key):
+        raise UsageError("an ad-hoc reconcile needs --source, --target and --key")
+    options: dict[str, Any] = {"mode": mode, "max_rows": max_rows}
+    if not serial:
+        options["helper_dsn"] = db.resolve_dsn(dsn)
+    with db.connection(dsn, autocommit=True) as conn, _reconcile_progress(not as_json) as show:
+        options["progress"] = show
+        if all_pairs:
+            results = reconcile_module.run_all(conn, **options)
+        elif name:
+            results = [reconcile_module.run_pair(conn, name, **options)]
+        else:
+            results = [
+                reconcile_module.run_adhoc(
+                    conn,
+                    str(source),
+                    str(target),
+                    _csv(key) or [],
+                    _csv(columns),
+                    _slices(slices),
+                    bucket_by,
+                    **options,
+                )
+            ]
+    if as_json:
+        output.echo_json([r.as_dict() for r in results])
+    else:
+        for r in results:
+            _print_result(r)
+    if not all(r.passed for r in results):
+        ctx.exit(EXIT_FAIL)
+
+
+def _csv(text: str | None) -> list[str] | None:
+    return [part.strip() for part in text.split(",")] if text else None
+
+
+def _slices(items: tuple[str, ...]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        column, sep, value = item.partition("=")
+        if not sep or not column:
+            raise UsageError(f"--slice {item!r} is not COL=VALUE")
+        out[column] = value
+    return out
+
+
+@contextlib.contextmanager
+def _reconcile_progress(enabled: bool) -> Iterator[Callable[[reconcile_module.Progress], None]]:
+    """Progress on stderr (a terminal only): the step and buckets done of total."""
+    if not enabled or not sys.stderr.isatty():
+        yield lambda _p: None
+        return
+
+    def show(p: reconcile_module.Progress) -> None:
+        click.echo(f"\r{p.step}: {p.done}/{p.total}\033[K", nl=False, err=True)
+
+    yield show
+    click.echo("\r\033[K", nl=False, err=True)
+
+
+def _print_result(r: reconcile_module.Result) -> None:
+    output.heading(f"{r.pair} ({r.kind}): {r.verdict.upper()}")
+    click.echo(
+        f"{r.source} -> {r.target}; mode {r.mode} (needs {r.threshold * 100:g}%); "
+        f"match {r.match_ratio * 100:.4f}%; rows {r.rows_source:,} / {r.rows_target:,}, "
+        f"matched {r.rows_matched:,}; buckets mismatched {r.buckets_mismatched} of {r.buckets_total}; "
+        f"{r.duration_ms:,.0f} ms; run {r.run_id}"
+    )
+    for note in r.notes:
+        click.echo(f"note: {note}")
+    if r.categories:
+        click.echo(", ".join(f"{k}: {v:,}" for k, v in sorted(r.categories.items())))
+    rows = [
+        {
+            "category": d.category,
+            "key": ", ".join(f"{k}={v}" for k, v in d.key.items()),
+            "column": col,
+            "source": vals["source"],
+            "target": vals["target"],
+            "rows (source/target)": f"{d.source_rows}/{d.target_rows}",
+            "note": d.note,
+        }
+        for d in r.differences
+        for col, vals in (d.columns.items() or [("", {"source": None, "target": None})])
+    ]
+    if rows:
+        click.echo(output.table(rows))
