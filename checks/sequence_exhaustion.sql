@@ -15,10 +15,12 @@ with seqs as (
                                       else s.max_value end) as effective_max
       from pg_catalog.pg_sequences s
       left join lateral (
-            select pg_catalog.format('%s.%I', d.refobjid::regclass, a.attname) as column_ref,
+            select pg_catalog.format('%I.%I.%I', tn.nspname, t.relname, a.attname) as column_ref,
                    pg_catalog.format_type(a.atttypid, a.atttypmod) as column_type
               from pg_catalog.pg_depend d
               join pg_catalog.pg_attribute a on a.attrelid = d.refobjid and a.attnum = d.refobjsubid
+              join pg_catalog.pg_class t on t.oid = d.refobjid
+              join pg_catalog.pg_namespace tn on tn.oid = t.relnamespace
              where d.classid = 'pg_catalog.pg_class'::regclass
                and d.objid = pg_catalog.to_regclass(pg_catalog.format('%I.%I', s.schemaname, s.sequencename))
                and d.refclassid = 'pg_catalog.pg_class'::regclass

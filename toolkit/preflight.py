@@ -41,7 +41,7 @@ from psycopg.rows import dict_row
 
 from toolkit import db
 from toolkit.errors import EXIT_FAIL, EXIT_USAGE, KeyshiftError, UsageError
-from toolkit.parsing import statements
+from toolkit.parsing import SqlSyntaxError, statements
 from toolkit.resources import checks_dir as shipped_checks_dir
 from toolkit.resources import sql_dir
 
@@ -192,7 +192,10 @@ def parse_check(path: Path) -> Check:
     bad_relations = [r for r in requires if not _RELATION.match(r)]
     if bad_relations:
         raise _malformed(path, f"requires {', '.join(bad_relations)}: give relations as schema.name")
-    parsed = statements(text, origin=f"check file {path}")
+    try:
+        parsed = statements(text, origin=f"check file {path}")
+    except SqlSyntaxError as exc:
+        raise UsageError(f"{exc.message}; fix the query") from None
     if len(parsed) != 1 or not isinstance(parsed[0].node, ast.SelectStmt):
         raise _malformed(path, f"the query must be exactly one SELECT (found {len(parsed)} statements)")
     refs = _ParamRefs()
@@ -348,18 +351,18 @@ def _run_check(conn: psycopg.Connection[Any], check: Check, values: _ParamValues
         file=str(check.path),
         seconds=0.0,
     )
-    absent = [r for r in check.requires if not _relation_exists(conn, r)]
-    if absent:
-        result.status = "skipped"
-        result.message = f"needs {', '.join(absent)}, absent in this database"
-        return result
-    try:
-        params = [values.get(p) for p in check.params]
-    except KeyshiftError as exc:
-        result.status, result.message = "error", exc.message
-        return result
     try:
         with conn.transaction():  # a savepoint: a failing check does not end the others
+            try:
+                params = [values.get(p) for p in check.params]
+            except KeyshiftError as exc:
+                result.status, result.message = "error", exc.message
+                return result
+            absent = [r for r in check.requires if not _relation_exists(conn, r)]
+            if absent:
+                result.status = "skipped"
+                result.message = f"needs {', '.join(absent)}, absent in this database"
+                return result
             with psycopg.RawCursor(conn, row_factory=dict_row) as cur:
                 cur.execute(check.sql, params or None)
                 rows = cur.fetchall()
@@ -389,12 +392,12 @@ class _ParamValues:
         self.conn = conn
         self.step = step
         self.settings: dict[str, str | None] = {}
-        readable = conn.execute(
-            "SELECT pg_catalog.to_regclass('keyshift.settings') IS NOT NULL"
-            " AND pg_catalog.has_table_privilege('keyshift.settings', 'SELECT')"
-        ).fetchone()
-        if readable and readable[0]:
-            self.settings = dict(conn.execute("SELECT key, value FROM keyshift.settings").fetchall())
+        try:
+            with conn.transaction():
+                if _relation_exists(conn, "keyshift.settings"):
+                    self.settings = dict(conn.execute("SELECT key, value FROM keyshift.settings").fetchall())
+        except psycopg.errors.InsufficientPrivilege:
+            pass  # a role that cannot read the settings gets the defaults declared in sql/
 
     def setting(self, key: str) -> str | None:
         if key in self.settings:
