@@ -651,3 +651,61 @@ def _print_result(r: reconcile_module.Result) -> None:
     ]
     if rows:
         click.echo(output.table(rows))
+# ---------------------------------------------------------------- pre-flight checks
+
+
+@main.command()
+@click.option(
+    "--for", "step", metavar="STEP|all", default=None, help="Add the checks of STEP (all: every check)."
+)
+@click.option("--only", multiple=True, metavar="ID", help="Run only these checks, whatever their steps.")
+@click.option("--skip", multiple=True, metavar="ID", help="Leave these checks out.")
+@click.option(
+    "--checks-dir", type=click.Path(path_type=Path), default=None, help="More checks, one .sql file each."
+)
+@dsn_option
+@json_option
+def preflight(
+    step: str | None,
+    only: tuple[str, ...],
+    skip: tuple[str, ...],
+    checks_dir: Path | None,
+    dsn: str | None,
+    as_json: bool,
+) -> None:
+    """Run the pre-flight checks read-only; exit 1 when an error-severity check fails."""
+    from toolkit import preflight as preflight_module
+
+    preflight_module.plan(step, only, skip, checks_dir)  # bad --for/--only/--skip: exit 2 before connecting
+    with db.connection(dsn) as conn:
+        report = preflight_module.run(conn, step, only, skip, checks_dir)
+    if as_json:
+        output.echo_json(report.as_dict())
+    else:
+        _print_preflight(report)
+    if not report.ok:
+        sys.exit(EXIT_FAIL)
+
+
+def _print_preflight(report: Any) -> None:
+    marks = {"pass": "pass", "fail": "FAIL", "error": "ERROR", "skipped": "skipped"}
+    rows = [
+        {
+            "check": r.id,
+            "severity": r.severity,
+            "status": marks[r.status] if r.severity == "error" or r.status != "fail" else "warn",
+            "violations": r.violations,
+            "remedy": r.remedy if r.status in ("fail", "error") else "",
+        }
+        for r in report.results
+    ]
+    click.echo(output.table(rows))
+    for r in report.results:
+        if r.status in ("fail", "error", "skipped"):
+            output.heading(f"\n{r.id}: {r.summary}")
+            click.echo(r.message if r.message else output.table(r.rows, r.columns))
+            if r.violations > len(r.rows):
+                click.echo(f"... {r.violations - len(r.rows)} more")
+    failed = [r.id for r in report.results if r.blocking]
+    verdict = f"FAILED ({', '.join(failed)})" if failed else "passed"
+    click.echo(f"\npre-flight for {report.step}: {verdict}; {len(report.results)} checks")
