@@ -504,3 +504,45 @@ def retention_run(flow: str, dry_run: bool, dsn: str | None, as_json: bool) -> N
         f"{result['rows_moved']:,} memberships archived then deleted in {result['batches']} batches; "
         f"live {result['registry_rows']:,}, archived {result['archived_rows']:,}"
     )
+
+
+# ---------------------------------------------------------------- lint
+
+
+@main.command()
+@click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
+@click.option("--revisions", is_flag=True, help="Lint the offline SQL of the whole revision chain (default).")
+@json_option
+def lint(paths: tuple[Path, ...], revisions: bool, as_json: bool) -> None:
+    """Find DDL that would lock or rewrite a busy table, in SQL files, templates and revisions.
+
+    With no PATHS the revision chain is linted. Exit 1 on any finding not
+    silenced by a `-- keyshift-lint: ignore=RULE reason="..."` comment.
+    """
+    from toolkit import lint as lint_module
+
+    report = lint_module.lint(paths, revisions=revisions)
+    if as_json:
+        output.echo_json(report.as_dict())
+    else:
+        rows = [
+            {
+                "where": f"{f.file}:{f.line}",
+                "rule": f.rule,
+                "severity": f.severity,
+                "finding": f.detail,
+                "silenced": f.silenced or "",
+            }
+            for f in report.findings
+        ]
+        if rows:
+            click.echo(output.table(rows))
+        summary = report.as_dict()
+        click.echo(
+            f"{summary['findings']} findings, {summary['silenced']} silenced, in {summary['scripts']} scripts"
+        )
+        for f in report.findings:
+            if f.silenced is None:
+                click.echo(f"hint [{f.rule}] {f.file}:{f.line}: {f.hint}")
+    if report.failed:
+        sys.exit(EXIT_FAIL)

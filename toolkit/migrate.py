@@ -9,6 +9,8 @@ Nothing here reads data to decide what DDL to emit, so offline mode
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -116,6 +118,8 @@ def execute_script(text: str, origin: str = "revision") -> None:
 
     from toolkit.parsing import needs_autocommit, validate
 
+    for recorder in _RECORDERS:
+        recorder.append((origin, text))
     for stmt in validate(text, origin=origin):
         if needs_autocommit(stmt):
             with op.get_context().autocommit_block():
@@ -191,3 +195,22 @@ def require_revision(conn: Any, needed: str) -> str:
             EXIT_USAGE,
         )
     return current
+
+
+# ---------------------------------------------------------------- recording what revisions run
+
+# (origin, script) of every execute_script call while a recording is open:
+# the linter maps the offline SQL of a revision back to its sql/ files and
+# templates, and lints each template as the revisions render it.
+_RECORDERS: list[list[tuple[str, str]]] = []
+
+
+@contextmanager
+def recording() -> Iterator[list[tuple[str, str]]]:
+    """Collect the (origin, script) pairs execute_script runs inside the block."""
+    scripts: list[tuple[str, str]] = []
+    _RECORDERS.append(scripts)
+    try:
+        yield scripts
+    finally:
+        _RECORDERS.remove(scripts)
