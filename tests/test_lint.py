@@ -7,6 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 import yaml
 from click.testing import Result
@@ -37,22 +38,20 @@ def test_rule_case(case: dict[str, Any]) -> None:
     assert sorted(f.rule for f in findings if f.silenced) == sorted(case.get("silenced", []))
 
 
+# Reported by the linter itself (cases in syntax.yaml) or by --trace-locks (tested below).
+SPECIAL_RULES = {"syntax_error", "plpgsql_syntax", "silence_without_reason", "lock_budget"}
+
+
 def test_every_rule_has_a_failing_and_a_passing_case() -> None:
-    failing = {rule for _, c in CASES for rule in c["expect"]}
-    passing_files = {
-        Path(p).stem
-        for p in CASES_DIR.glob("*.yaml")
-        if any(not c["expect"] for c in yaml.safe_load(Path(p).read_text())["cases"])
-    }
     for rule in all_rules():
-        assert rule.id in failing, f"no case where {rule.id} fires"
-        if rule.check is not None and rule.id not in (
-            "syntax_error",
-            "plpgsql_syntax",
-            "silence_without_reason",
-        ):
-            assert rule.id in passing_files, f"no passing case in lint_cases/{rule.id}.yaml"
         assert rule.message and rule.hint and rule.severity in ("error", "warning")
+        if rule.id in SPECIAL_RULES:
+            continue
+        path = CASES_DIR / f"{rule.id}.yaml"
+        cases = yaml.safe_load(path.read_text())["cases"]
+        assert any(rule.id in c["expect"] for c in cases), f"no case in {path.name} where {rule.id} fires"
+        assert any(rule.id not in c["expect"] for c in cases), f"no passing case in {path.name}"
+    assert {rule for _, c in CASES for rule in c["expect"]} >= SPECIAL_RULES - {"lock_budget"}
 
 
 def test_finding_points_at_the_statement_inside_a_body() -> None:
@@ -169,3 +168,74 @@ def test_cli_unreadable_file_is_exit_2(cli: Callable[..., Result], tmp_path: Pat
     result = cli("lint", str(path))
     assert result.exit_code == 2
     assert "cannot read it" in result.output
+
+
+# ---------------------------------------------------------------- --trace-locks (real Postgres)
+
+
+def test_trace_locks_on_the_chain(cli: Callable[..., Result], empty_dsn: str) -> None:
+    result = cli("lint", "--trace-locks", "--json", dsn=empty_dsn)
+    assert result.exit_code == 0, result.output
+    traces = {t["revision"]: t for t in json.loads(result.output)["traces"]}
+    assert list(traces) == lint.chain()
+    assert traces["legacy_baseline"]["locks"] == []  # nothing existed before it
+    key_columns = {(lk["table"], lk["mode"]) for lk in traces["key_columns"]["locks"]}
+    # PostgreSQL 15: CREATE TRIGGER takes SHARE ROW EXCLUSIVE, ADD COLUMN ACCESS EXCLUSIVE.
+    assert ("market.data_bars", "SHARE ROW EXCLUSIVE") in key_columns
+    assert ("market.data_bars", "ACCESS EXCLUSIVE") in key_columns
+    contract = traces["key_primary_contract"]
+    assert {(u["table"], u["mode"]) for u in contract["unobserved"]} >= {
+        ("market.data_bars", "SHARE UPDATE EXCLUSIVE")
+    }
+    assert all(not t["rewritten"] for t in traces.values())
+    with psycopg.connect(empty_dsn) as conn:  # the throwaway database is gone
+        left = conn.execute(
+            "SELECT count(*) FROM pg_database WHERE datname LIKE 'keyshift\\_lint\\_%'"
+        ).fetchone()
+    assert left == (0,)
+
+
+def _scratch_revision(sql: str) -> lint.RevisionSql:
+    return lint.RevisionSql("scratch", "scratch.py", sql, [])
+
+
+def test_trace_finds_a_rewrite_and_a_lock_over_budget(empty_dsn: str) -> None:
+    with psycopg.connect(empty_dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE bars (id int PRIMARY KEY, n int)")
+        conn.execute("INSERT INTO bars SELECT g, g FROM generate_series(1, 1000) g")
+        trace = lint.trace_revision(
+            conn,
+            _scratch_revision(
+                "BEGIN;\nALTER TABLE bars ALTER COLUMN n TYPE bigint;\nCOMMIT;\n"
+                "CREATE INDEX CONCURRENTLY bars_n_idx ON bars (n);\n"
+            ),
+            budget="SHARE ROW EXCLUSIVE",
+        )
+    assert trace.rewritten == ["public.bars"]
+    assert [(lk["line"], lk["table"], lk["mode"]) for lk in trace.locks] == [
+        (2, "public.bars", "ACCESS EXCLUSIVE")
+    ]
+    assert [(u["line"], u["table"], u["mode"]) for u in trace.unobserved] == [
+        (4, "public.bars", "SHARE UPDATE EXCLUSIVE")
+    ]
+    details = sorted(f.detail for f in trace.findings)
+    assert details == [
+        "ACCESS EXCLUSIVE on public.bars exceeds LOCK_BUDGET SHARE ROW EXCLUSIVE",
+        "rewrote public.bars (relfilenode changed)",
+    ]
+
+
+def test_trace_within_budget_has_no_finding(empty_dsn: str) -> None:
+    with psycopg.connect(empty_dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE bars (id int PRIMARY KEY, n int)")
+        conn.execute("CREATE FUNCTION noop() RETURNS trigger LANGUAGE plpgsql AS $$BEGIN RETURN NEW; END$$")
+        trace = lint.trace_revision(
+            conn,
+            _scratch_revision(
+                "BEGIN;\nSET LOCAL lock_timeout = '2s';\n"
+                "CREATE TRIGGER t BEFORE INSERT ON bars FOR EACH ROW EXECUTE FUNCTION noop();\nCOMMIT;\n"
+            ),
+            budget="SHARE ROW EXCLUSIVE",
+        )
+    assert [(lk["table"], lk["mode"]) for lk in trace.locks] == [("public.bars", "SHARE ROW EXCLUSIVE")]
+    assert trace.findings == [] and trace.rewritten == []

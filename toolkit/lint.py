@@ -485,3 +485,164 @@ def _read(path: Path) -> str:
         return path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise UsageError(f"{path}: cannot read it ({exc})") from None
+
+
+# ---------------------------------------------------------------- --trace-locks
+
+
+@dataclass
+class RevisionTrace:
+    """The table locks a revision took on tables that existed before it, and its rewrites."""
+
+    revision: str
+    budget: str | None
+    locks: list[dict[str, Any]] = field(default_factory=list)  # statement line, table, mode
+    unobserved: list[dict[str, Any]] = field(default_factory=list)  # outside a transaction
+    rewritten: list[str] = field(default_factory=list)
+    findings: list[Finding] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["findings"] = [f.as_dict() for f in self.findings]
+        return data
+
+
+_TABLES = (
+    "SELECT c.oid, n.nspname || '.' || c.relname, c.relfilenode"
+    " FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace"
+    " WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema')"
+    " AND n.nspname NOT LIKE 'pg\\_toast%'"
+)
+_MY_LOCKS = (
+    "SELECT relation, mode FROM pg_catalog.pg_locks"
+    " WHERE pid = pg_catalog.pg_backend_pid() AND locktype = 'relation' AND granted"
+)
+
+
+def _mode_name(lock: str) -> str:
+    """'ShareRowExclusiveLock' -> 'SHARE ROW EXCLUSIVE'."""
+    from toolkit.parsing import LOCK_MODES
+
+    for mode in LOCK_MODES:
+        if mode.title().replace(" ", "") + "Lock" == lock:
+            return mode
+    return lock
+
+
+def _budget(revision: str) -> str | None:
+    module = migrate.script().get_revision(revision).module
+    budget = getattr(module, "LOCK_BUDGET", None)
+    return str(budget) if budget else None
+
+
+def trace_revision(conn: Any, rendered: RevisionSql, budget: str | None = None) -> RevisionTrace:
+    """Apply one revision's offline SQL statement by statement; watch pg_locks and relfilenode.
+
+    Locks are read from this session's own pg_locks rows after each statement
+    inside a transaction (they are held to its end); a statement run outside a
+    transaction (CREATE INDEX CONCURRENTLY) has released its lock by then, so
+    the lock model's expectation is reported for it, marked unobserved.
+    ``budget`` defaults to the revision's LOCK_BUDGET.
+    """
+    from psycopg import pq
+
+    from toolkit.parsing import LOCK_MODES, needs_autocommit, table_locks
+
+    trace = RevisionTrace(rendered.revision, budget or _budget(rendered.revision))
+    before = {oid: (name, node) for oid, name, node in conn.execute(_TABLES).fetchall()}
+    existing = {name for name, _ in before.values()}
+    held: set[tuple[int, str]] = set()
+    for stmt in statements(rendered.sql, rendered.path):
+        conn.execute(stmt.text)
+        line = code_line(stmt.text, stmt.line)
+        if conn.info.transaction_status != pq.TransactionStatus.INTRANS:
+            held = set()
+            if needs_autocommit(stmt):
+                for expected in table_locks(stmt.node):
+                    # An unqualified name is taken as the one existing table of that name.
+                    named = [n for n in existing if expected.table in (n, n.split(".", 1)[1])]
+                    if len(named) == 1:
+                        trace.unobserved.append(
+                            {
+                                "line": line,
+                                "table": named[0],
+                                "mode": expected.mode,
+                                "statement": _excerpt(stmt.text),
+                            }
+                        )
+            continue
+        now = {
+            (int(rel), _mode_name(mode))
+            for rel, mode in conn.execute(_MY_LOCKS).fetchall()
+            if rel is not None
+        }
+        strongest: dict[int, str] = {}
+        for rel, mode in now - held:
+            if rel in before and LOCK_MODES.index(mode) >= LOCK_MODES.index(strongest.get(rel, mode)):
+                strongest[rel] = mode
+        for rel, mode in sorted(strongest.items(), key=lambda item: before[item[0]][0]):
+            trace.locks.append(
+                {"line": line, "table": before[rel][0], "mode": mode, "statement": _excerpt(stmt.text)}
+            )
+        held = now
+    after = {oid: node for oid, _, node in conn.execute(_TABLES).fetchall()}
+    trace.rewritten = sorted(
+        name for oid, (name, node) in before.items() if oid in after and after[oid] != node
+    )
+    if trace.budget:
+        limit = LOCK_MODES.index(trace.budget)
+        rule = _rules()["lock_budget"]
+        for lock in trace.locks + trace.unobserved:
+            if LOCK_MODES.index(lock["mode"]) > limit:
+                detail = f"{lock['mode']} on {lock['table']} exceeds LOCK_BUDGET {trace.budget}"
+                trace.findings.append(
+                    Finding(
+                        rule.id,
+                        rule.severity,
+                        rendered.path,
+                        lock["line"],
+                        lock.get("statement", ""),
+                        detail,
+                        rule.hint,
+                        rendered.revision,
+                    )
+                )
+        for table in trace.rewritten:
+            trace.findings.append(
+                Finding(
+                    rule.id,
+                    rule.severity,
+                    rendered.path,
+                    0,
+                    "",
+                    f"rewrote {table} (relfilenode changed)",
+                    rule.hint,
+                    rendered.revision,
+                )
+            )
+    return trace
+
+
+def trace_locks(dsn: str | None, only: set[str] | None = None) -> list[RevisionTrace]:
+    """Apply the chain to a throwaway database (created and dropped here), revision by revision."""
+    import os
+    import secrets
+
+    from psycopg import sql as psql
+
+    from toolkit import db
+
+    conninfo = db.resolve_dsn(dsn)
+    name = f"keyshift_lint_{os.getpid()}_{secrets.token_hex(4)}"
+    traces = []
+    with db.connection(conninfo, autocommit=True) as admin:
+        admin.execute(psql.SQL("CREATE DATABASE {}").format(psql.Identifier(name)))
+        try:
+            with db.connection(db.with_database(conninfo, name), autocommit=True) as conn:
+                for revision in chain():
+                    trace = trace_revision(conn, revision_sql(revision))
+                    if only is None or revision in only:
+                        traces.append(trace)
+        finally:
+            admin.execute(psql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(psql.Identifier(name)))
+    return traces

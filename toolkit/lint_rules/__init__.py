@@ -69,6 +69,7 @@ def all_rules() -> list[Rule]:
         drop_or_rename,
         drop_trigger,
         index_not_concurrent,
+        lock_budget,
         missing_lock_timeout,
         set_not_null_without_check,
         syntax,
@@ -87,6 +88,7 @@ def all_rules() -> list[Rule]:
         syntax.SYNTAX_ERROR,
         syntax.PLPGSQL_SYNTAX,
         syntax.SILENCE_WITHOUT_REASON,
+        lock_budget.RULE,
     ]
 
 
