@@ -574,3 +574,48 @@ def _print_lint(report: Any, traces: list[Any]) -> None:
     for f in report.findings:
         if f.silenced is None:
             click.echo(f"hint [{f.rule}] {f.file}:{f.line}: {f.hint}")
+
+
+# ---------------------------------------------------------------- audit
+
+
+@main.group()
+def audit() -> None:
+    """Audits of what still depends on the old data model."""
+
+
+@audit.command("tokens")
+@click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
+@click.option(
+    "--database", is_flag=True, help="Also scan the database (the default when no PATHS are given)."
+)
+@dsn_option
+@json_option
+def audit_tokens(paths: tuple[Path, ...], database: bool, dsn: str | None, as_json: bool) -> None:
+    """Report every place that uses instrument_token as an identifier; exit 1 if any.
+
+    PATHS: SQL files, templates (as the revisions render them), Python files
+    (their SQL strings), or directories of them. With no PATHS, or with
+    --database: the database's columns, keys, indexes, functions, views,
+    triggers and pg_stat_statements.
+    """
+    from toolkit import audit as audit_module
+
+    usages = audit_module.audit_tokens(paths, dsn, database=database)
+    if as_json:
+        output.echo_json({"usages": len(usages), "results": [u.as_dict() for u in usages]})
+    else:
+        rows = [
+            {
+                "where": f"{u.where}:{u.line}" if u.line else u.where,
+                "source": u.source,
+                "context": u.context,
+                "statement": u.statement,
+            }
+            for u in usages
+        ]
+        if rows:
+            click.echo(output.table(rows))
+        click.echo(f"{len(usages)} uses of {audit_module.TOKEN}")
+    if usages:
+        sys.exit(EXIT_FAIL)

@@ -398,23 +398,38 @@ def lint_revision(rendered: RevisionSql) -> list[Finding]:
     )
 
 
-def lint_template_renders(renders: Iterable[RevisionSql], only: set[str] | None = None) -> list[Finding]:
-    """Each template as the revisions render it, under their lock_timeout."""
-    findings, seen = [], set()
+def template_renders(renders: Iterable[RevisionSql], templates: set[str]) -> list[tuple[str, str, str]]:
+    """(file, rendered text, revision) of each distinct render of the templates named.
+
+    A template is known by what the revisions render with it; one that no
+    revision renders on its own (only included by another) is a usage error.
+    """
+    found, seen = [], set()
     for rendered in renders:
         for origin, text in rendered.recorded:
             file = origin_file(origin)
-            if not file.startswith("sql/templates/") or (only is not None and file.split(" ")[0] not in only):
-                continue
-            if (file, text) in seen:
-                continue
-            seen.add((file, text))
-            found = lint_sql(text, file, assume_lock_timeout=True, revision=rendered.revision)
-            findings.extend(found)
+            if file.split(" ")[0] in templates and (file, text) not in seen:
+                seen.add((file, text))
+                found.append((file, text, rendered.revision))
+    missing = templates - {file.split(" ")[0] for file, _, _ in found}
+    if missing:
+        raise UsageError(
+            f"{', '.join(sorted(missing))}: no revision renders it on its own (a template included by "
+            "another is checked in the one that includes it)"
+        )
+    return found
+
+
+def lint_template_renders(renders: Iterable[RevisionSql], templates: set[str]) -> list[Finding]:
+    """Each template as the revisions render it, under their lock_timeout."""
+    findings = []
+    for file, text, revision in template_renders(renders, templates):
+        findings.extend(lint_sql(text, file, assume_lock_timeout=True, revision=revision))
     return findings
 
 
-def _relative(path: Path) -> str:
+def relative_path(path: Path) -> str:
+    """A path relative to the repository (or install) root when under it, else as given."""
     root = sql_dir().parent
     try:
         return path.resolve().relative_to(root.resolve()).as_posix()
@@ -422,7 +437,8 @@ def _relative(path: Path) -> str:
         return str(path)
 
 
-def _expand(paths: Iterable[Path]) -> list[Path]:
+def expand_paths(paths: Iterable[Path]) -> list[Path]:
+    """Files named, and the .sql, .sql.j2 and .py files under directories named."""
     files: list[Path] = []
     for path in paths:
         if path.is_dir():
@@ -432,7 +448,7 @@ def _expand(paths: Iterable[Path]) -> list[Path]:
         elif path.is_file():
             files.append(path)
         else:
-            raise UsageError(f"{path}: no such file or directory; give SQL files, templates or revisions")
+            raise UsageError(f"{path}: no such file or directory; give SQL, template or Python files")
     return files
 
 
@@ -442,14 +458,14 @@ def lint(paths: Iterable[Path] = (), *, revisions: bool = False) -> Report:
     With no paths, the whole revision chain is linted: its findings point at
     the sql/ files and templates each statement came from.
     """
-    files = _expand(paths)
+    files = expand_paths(paths)
     revisions = revisions or not files
     report = Report()
     renders: list[RevisionSql] | None = None
     by_path = {}
     templates: set[str] = set()
     for path in files:
-        rel = _relative(path)
+        rel = relative_path(path)
         if path.suffix == ".py":
             by_path[path.resolve()] = rel
         elif path.name.endswith(TEMPLATE_SUFFIX):
@@ -461,7 +477,7 @@ def lint(paths: Iterable[Path] = (), *, revisions: bool = False) -> Report:
         else:
             # A shipped sql/ file runs inside a revision, under its lock_timeout.
             shipped = path.resolve().parent == sql_dir().resolve()
-            text = _read(path)
+            text = read_text(path)
             report.findings.extend(lint_sql(text, rel, assume_lock_timeout=shipped))
             report.scripts += 1
     if revisions or by_path or templates:
@@ -480,7 +496,8 @@ def lint(paths: Iterable[Path] = (), *, revisions: bool = False) -> Report:
     return report
 
 
-def _read(path: Path) -> str:
+def read_text(path: Path) -> str:
+    """A file's text; unreadable is a usage error naming it."""
     try:
         return path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:

@@ -35,6 +35,7 @@ class PlpgsqlStatement:
     text: str
     line: int  # 1-based line in the script
     owner: str  # which function or DO block it belongs to
+    kind: str = "statement"  # or "expression": a condition or assignment, as SELECT expr
 
 
 class SqlSyntaxError(KeyshiftError):
@@ -384,3 +385,69 @@ def table_locks(node: Any) -> list[TableLock]:
         mode = LOCK_MODES[max(0, int(node.mode or 1) - 1)]
         return [TableLock(relation_name(r), mode, "Lock") for r in node.relations or ()]
     return []
+
+
+# plpgsql expression parse modes (libpg_query's RawParseMode): 0 a statement,
+# 2 an expression, 3-5 an assignment "target := expression".
+_PARSE_STATEMENT = 0
+_ASSIGNMENTS = (3, 4, 5)
+
+
+def plpgsql_expressions(stmt: Statement, origin: str = "<sql>") -> list[PlpgsqlStatement]:
+    """Every SQL text of a plpgsql body as a parseable statement, with its script line.
+
+    Statements as they are; conditions and other expressions as ``SELECT expr``;
+    an assignment (which the plpgsql parser has already split from the rest)
+    as ``SELECT target`` and ``SELECT expression``. Dynamic SQL (EXECUTE of a
+    built string) cannot be seen.
+    """
+    if not _is_plpgsql(stmt):
+        return []
+    tree = parse_plpgsql(stmt, origin)
+    first = _body_first_line(stmt)
+    owner = function_name(stmt)
+    found: list[PlpgsqlStatement] = []
+
+    def visit(node: Any, lineno: int) -> None:
+        if isinstance(node, list):
+            for item in node:
+                visit(item, lineno)
+            return
+        if not isinstance(node, dict):
+            return
+        lineno = int(node.get("lineno", lineno))
+        expr = node.get("PLpgSQL_expr")
+        if isinstance(expr, dict) and expr.get("query"):
+            query, mode = str(expr["query"]), int(expr.get("parseMode", _PARSE_STATEMENT))
+            line = first + lineno - 1
+            if mode == _PARSE_STATEMENT:
+                found.append(PlpgsqlStatement(query, line, owner))
+                return
+            if mode in _ASSIGNMENTS:
+                target, _, value = query.partition(":=")
+                texts = [f"SELECT {target}", f"SELECT {value}"]
+            else:
+                texts = [f"SELECT {query}"]
+            found.extend(PlpgsqlStatement(text, line, owner, "expression") for text in texts)
+            return
+        for value in node.values():
+            visit(value, lineno)
+
+    visit(tree, 1)
+    return found
+
+
+def sql_function_body(stmt: Statement) -> tuple[str, int] | None:
+    """The body of a LANGUAGE sql function given as a string, and its first line in the script.
+
+    (A BEGIN ATOMIC body is parsed with the CREATE FUNCTION itself.)
+    """
+    node = stmt.node
+    if not isinstance(node, ast.CreateFunctionStmt):
+        return None
+    language = next((str(o.arg.sval).lower() for o in node.options or () if o.defname == "language"), None)
+    body = next((o.arg for o in node.options or () if o.defname == "as"), None)
+    if language != "sql" or body is None:
+        return None
+    text = body[0].sval if isinstance(body, tuple) else body.sval
+    return str(text), _body_first_line(stmt)
