@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import argparse
 import json
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
+import sqlalchemy
 import yaml
 from click.testing import Result
 
-from toolkit import lint
+from toolkit import lint, migrate
 from toolkit.lint_rules import all_rules
 
 CASES_DIR = Path(__file__).parent / "lint_cases"
@@ -239,3 +243,71 @@ def test_trace_within_budget_has_no_finding(empty_dsn: str) -> None:
         )
     assert [(lk["table"], lk["mode"]) for lk in trace.locks] == [("public.bars", "SHARE ROW EXCLUSIVE")]
     assert trace.findings == [] and trace.rewritten == []
+
+
+# ---------------------------------------------------------------- revisions retry DDL on lock timeout
+
+
+def _upgrade_with(dsn: str, revision: str, *x: str) -> None:
+    from alembic import command
+
+    cfg = migrate.config(dsn)
+    cfg.cmd_opts = argparse.Namespace(x=list(x))
+    command.upgrade(cfg, revision)
+
+
+def _hold_lock(dsn: str, seconds: float) -> threading.Thread:
+    """A reader holding ACCESS SHARE on market.data_bars for ``seconds`` (blocks ALTER TABLE)."""
+    ready = threading.Event()
+
+    def hold() -> None:
+        with psycopg.connect(dsn) as conn:
+            conn.execute("LOCK TABLE market.data_bars IN ACCESS SHARE MODE")
+            ready.set()
+            time.sleep(seconds)
+            conn.rollback()
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    ready.wait(10)
+    return thread
+
+
+def _key_column_exists(dsn: str) -> bool:
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM information_schema.columns"
+            " WHERE table_schema = 'market' AND table_name = 'data_bars' AND column_name = 'instrument_key'"
+        ).fetchone()
+    return row == (1,)
+
+
+def test_revision_retries_a_busy_lock_then_succeeds(new_db: Callable[..., str]) -> None:
+    dsn = new_db("instrument_registry")
+    holder = _hold_lock(dsn, 1.5)
+    started = time.monotonic()
+    _upgrade_with(dsn, "key_columns", "lock_timeout=200ms", "lock_retries=8")
+    waited = time.monotonic() - started
+    holder.join()
+    assert waited >= 1.0  # it waited for the reader, in attempts of 200 ms
+    assert _key_column_exists(dsn)
+    with psycopg.connect(dsn) as conn:
+        assert migrate.current_revision(conn) == "key_columns"
+
+
+def test_revision_gives_up_after_its_retries_and_changes_nothing(new_db: Callable[..., str]) -> None:
+    dsn = new_db("instrument_registry")
+    holder = _hold_lock(dsn, 3)
+    try:
+        with pytest.raises(sqlalchemy.exc.OperationalError, match="lock timeout"):
+            _upgrade_with(dsn, "key_columns", "lock_timeout=100ms", "lock_retries=2")
+    finally:
+        holder.join()
+    assert not _key_column_exists(dsn)
+    with psycopg.connect(dsn) as conn:
+        assert migrate.current_revision(conn) == "instrument_registry"
+
+
+def test_backoff_is_jittered_and_capped() -> None:
+    assert 0.125 <= migrate.backoff_seconds(1) <= 0.25
+    assert migrate.backoff_seconds(10) <= 8.0
