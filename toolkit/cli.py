@@ -651,6 +651,8 @@ def _print_result(r: reconcile_module.Result) -> None:
     ]
     if rows:
         click.echo(output.table(rows))
+
+
 # ---------------------------------------------------------------- pre-flight checks
 
 
@@ -709,3 +711,118 @@ def _print_preflight(report: Any) -> None:
     failed = [r.id for r in report.results if r.blocking]
     verdict = f"FAILED ({', '.join(failed)})" if failed else "passed"
     click.echo(f"\npre-flight for {report.step}: {verdict}; {len(report.results)} checks")
+
+
+# ---------------------------------------------------------------- lint
+
+
+@main.command()
+@click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
+@click.option("--revisions", is_flag=True, help="Lint the offline SQL of the whole revision chain (default).")
+@click.option(
+    "--trace-locks",
+    is_flag=True,
+    help="Also apply each revision to a throwaway database and report the locks it took and its rewrites.",
+)
+@dsn_option
+@json_option
+def lint(paths: tuple[Path, ...], revisions: bool, trace_locks: bool, dsn: str | None, as_json: bool) -> None:
+    """Find DDL that would lock or rewrite a busy table, in SQL files, templates and revisions.
+
+    With no PATHS the revision chain is linted. Exit 1 on any finding not
+    silenced by a `-- keyshift-lint: ignore=RULE reason="..."` comment.
+    --trace-locks needs a server (--dsn) where it may create a database.
+    """
+    from toolkit import lint as lint_module
+
+    report = lint_module.lint(paths, revisions=revisions)
+    traces = lint_module.trace_locks(dsn) if trace_locks else []
+    for trace in traces:
+        report.findings.extend(trace.findings)
+    if as_json:
+        data = report.as_dict()
+        if trace_locks:
+            data["traces"] = [t.as_dict() for t in traces]
+        output.echo_json(data)
+    else:
+        _print_lint(report, traces)
+    if report.failed:
+        sys.exit(EXIT_FAIL)
+
+
+def _print_lint(report: Any, traces: list[Any]) -> None:
+    for trace in traces:
+        budget = f" (LOCK_BUDGET {trace.budget})" if trace.budget else ""
+        output.heading(f"revision {trace.revision}: locks on tables that existed before it{budget}")
+        locks = [{**lock, "observed": "yes"} for lock in trace.locks]
+        locks += [{**lock, "observed": "no (outside a transaction)"} for lock in trace.unobserved]
+        click.echo(
+            output.table(
+                sorted(locks, key=lambda r: r["line"]), ["line", "table", "mode", "observed", "statement"]
+            )
+        )
+        click.echo(f"rewritten: {', '.join(trace.rewritten) or 'none'}\n")
+    rows = [
+        {
+            "where": f"{f.file}:{f.line}",
+            "rule": f.rule,
+            "severity": f.severity,
+            "finding": f.detail,
+            "silenced": f.silenced or "",
+        }
+        for f in report.findings
+    ]
+    if rows:
+        click.echo(output.table(rows))
+    summary = report.as_dict()
+    click.echo(
+        f"{summary['findings']} findings, {summary['silenced']} silenced, in {summary['scripts']} scripts"
+    )
+    for f in report.findings:
+        if f.silenced is None:
+            click.echo(f"hint [{f.rule}] {f.file}:{f.line}: {f.hint}")
+
+
+# ---------------------------------------------------------------- audit
+
+
+@main.group()
+def audit() -> None:
+    """Audits of what still depends on the old data model."""
+
+
+@audit.command("tokens")
+@click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
+@click.option(
+    "--database", is_flag=True, help="Also scan the database (the default when no PATHS are given)."
+)
+@dsn_option
+@json_option
+def audit_tokens(paths: tuple[Path, ...], database: bool, dsn: str | None, as_json: bool) -> None:
+    """Report every place that uses instrument_token as an identifier; exit 1 if any.
+
+    PATHS: SQL files, templates (as the revisions render them), Python files
+    (their SQL strings), or directories of them. With no PATHS, or with
+    --database: the database's columns, keys, indexes, functions, views,
+    triggers and pg_stat_statements.
+    """
+    from toolkit import audit as audit_module
+
+    usages = audit_module.audit_tokens(paths, dsn, database=database)
+    if as_json:
+        output.echo_json({"usages": len(usages), "results": [u.as_dict() for u in usages]})
+    else:
+        rows = [
+            {
+                "where": f"{u.where}:{u.line}" if u.line else u.where,
+                "source": u.source,
+                "context": u.context,
+                "statement": u.statement,
+            }
+            for u in usages
+        ]
+        if rows:
+            click.echo(output.table(rows))
+        click.echo(f"{len(usages)} uses of {audit_module.TOKEN}")
+    if usages:
+        sys.exit(EXIT_FAIL)
