@@ -826,3 +826,168 @@ def audit_tokens(paths: tuple[Path, ...], database: bool, dsn: str | None, as_js
         click.echo(f"{len(usages)} uses of {audit_module.TOKEN}")
     if usages:
         sys.exit(EXIT_FAIL)
+
+
+# ---------------------------------------------------------------- relocate (issue 5)
+from toolkit import relocation as relocation_module  # noqa: E402
+
+
+@main.group()
+def relocate() -> None:
+    """Move a slice of rows to another table: copy, switch readers, soak, clean up, purge."""
+
+
+@relocate.group()
+def dxy() -> None:
+    """DXY 1m bars: market.derived_data_bars -> market.data_bars."""
+
+
+def _relocation_echo(result: dict[str, Any], as_json: bool, line: str) -> None:
+    if as_json:
+        output.echo_json(result)
+    else:
+        click.echo(line)
+
+
+@dxy.command("plan")
+@dsn_option
+@json_option
+def dxy_plan(dsn: str | None, as_json: bool) -> None:
+    """Show the step, the row counts on both sides and what comes next; change nothing."""
+    r = relocation_module.plan(dsn, "dxy")
+    _relocation_echo(
+        r,
+        as_json,
+        f"dxy_1m_bars at step {r['step']}: source {r['source_rows']:,} rows over {r['days']['n']} days "
+        f"({r['days']['first']} .. {r['days']['last']}), target {r['target_rows']:,} rows; next: {r['next']}",
+    )
+
+
+@dxy.command("copy")
+@click.option(
+    "--batch-size", type=click.IntRange(min=1), default=None, help="Rows per batch (setting dxy.batch_size)."
+)
+@click.option("--reason", default="DXY copy", show_default=True, help="Why (audit log).")
+@dsn_option
+@json_option
+def dxy_copy(batch_size: int | None, reason: str, dsn: str | None, as_json: bool) -> None:
+    """Copy the history in batches (resumable, idempotent), comparing per-day counts."""
+    r = relocation_module.copy(dsn, "dxy", batch_size, reason)
+    _relocation_echo(
+        r,
+        as_json,
+        f"dxy copy{' (resumed)' if r['resumed'] else ''}: {r['rows_read']:,} rows read, "
+        f"{r['rows_inserted']:,} inserted in {r['batches']} batches, {r['days_checked']} days compared, "
+        f"{len(r['mismatched_days'])} differ; source {r['source_rows']:,}, target {r['target_rows']:,}; "
+        f"step {r['step']} ({r['seconds']:.1f} s)",
+    )
+    if r["mismatched_days"]:
+        if not as_json:
+            click.echo(output.table([{"day": d, **v} for d, v in r["mismatched_days"].items()]))
+        fail("the copy left days whose counts differ; readers were not switched", EXIT_FAIL)
+
+
+@dxy.command("switch")
+@click.option("--reason", required=True, help="Why (audit log).")
+@dsn_option
+@json_option
+def dxy_switch(reason: str, dsn: str | None, as_json: bool) -> None:
+    """Switch market.bars_1m to read DXY from data_bars only (one transaction)."""
+    r = relocation_module.switch(dsn, "dxy", reason)
+    _relocation_echo(
+        r,
+        as_json,
+        f"market.bars_1m reads DXY from market.data_bars ({r['rows']:,} bars) since {r['switched_at']}; "
+        f"soak window {r['soak_window']}",
+    )
+
+
+@dxy.command("health")
+@dsn_option
+@json_option
+def dxy_health(dsn: str | None, as_json: bool) -> None:
+    """Newest bar fresh, 5m and 1h aggregates advancing, no duplicate keys; exit 1 if not."""
+    r = relocation_module.health(dsn, "dxy")
+    if as_json:
+        output.echo_json(r)
+    else:
+        click.echo(output.table(r["checks"], ["check", "ok", "newest", "age", "limit"]))
+    if not r["ok"]:
+        sys.exit(EXIT_FAIL)
+
+
+@dxy.command("cleanup")
+@click.option("--force", is_flag=True, help="Override the soak window (needs --reason; audit-logged).")
+@click.option("--reason", default=None, help="Why (audit log); required with --force.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Rows per batch.")
+@dsn_option
+@json_option
+def dxy_cleanup(
+    force: bool, reason: str | None, batch_size: int | None, dsn: str | None, as_json: bool
+) -> None:
+    """Soft-delete the old rows, once the soak window has passed and the last reconciliation passed."""
+    if force and not reason:
+        raise UsageError("--force needs --reason TEXT (it goes to the audit log)")
+    reason = reason or "DXY cleanup"
+    r = relocation_module.cleanup(dsn, "dxy", force=force, reason=reason, batch_size=batch_size)
+    _relocation_echo(
+        r,
+        as_json,
+        f"dxy cleanup: {r['rows_marked']:,} source rows marked in {r['batches']} batches "
+        f"({r['source_marked']:,} marked of {r['source_rows']:,}); step {r['step']}",
+    )
+
+
+@dxy.command("purge")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Rows per batch.")
+@click.option("--reason", default="DXY purge", show_default=True, help="Why (audit log).")
+@dsn_option
+@json_option
+def dxy_purge(batch_size: int | None, reason: str, dsn: str | None, as_json: bool) -> None:
+    """Delete the marked rows in batches (only those data_bars holds)."""
+    r = relocation_module.purge(dsn, "dxy", reason=reason, batch_size=batch_size)
+    _relocation_echo(
+        r,
+        as_json,
+        f"dxy purge: {r['rows_deleted']:,} rows deleted in {r['batches']} batches, "
+        f"{r['rows_dead_lettered']:,} kept and dead-lettered (absent from data_bars); step {r['step']}",
+    )
+
+
+@dxy.command("rollback")
+@click.option("--reason", required=True, help="Why (audit log).")
+@dsn_option
+@json_option
+def dxy_rollback(reason: str, dsn: str | None, as_json: bool) -> None:
+    """Readers back to derived_data_bars; data_bars' DXY bars go back there first (before purge only)."""
+    r = relocation_module.rollback(dsn, "dxy", reason)
+    _relocation_echo(
+        r,
+        as_json,
+        f"dxy rolled back from step {r['from_step']}: {r['rows_restored']:,} bars restored to "
+        f"derived_data_bars, {r['rows_unmarked']:,} unmarked, {r['rows_removed']:,} removed from data_bars",
+    )
+
+
+@dxy.command("status")
+@dsn_option
+@json_option
+def dxy_status(dsn: str | None, as_json: bool) -> None:
+    """The step, soak time left, copy progress, last reconciliation and health results."""
+    r = relocation_module.status(dsn, "dxy")
+    if as_json:
+        output.echo_json(r)
+        return
+    click.echo(
+        f"dxy_1m_bars: step {r['step']}; source {r['source_rows']:,} rows "
+        f"({r['source_marked']:,} marked), target {r['target_rows']:,}"
+    )
+    if r["switched_at"]:
+        click.echo(f"switched at {r['switched_at']}; soak window {r['soak_window']}, left {r['soak_left']}")
+    if r["copy"]:
+        c = r["copy"]
+        click.echo(f"copy: {c['status']}, {c['rows_done']:,} rows inserted, cursor {c['last_key']}")
+    rec, health = r["last_reconcile"], r["last_health"]
+    rec_text = f"run {rec['id']} {rec['verdict']} at {rec['started_at']}" if rec else "none"
+    health_text = f"{health['status']} {health['details']}" if health else "none"
+    click.echo(f"last reconcile: {rec_text}; last health: {health_text}")
