@@ -504,3 +504,26 @@ def retention_run(flow: str, dry_run: bool, dsn: str | None, as_json: bool) -> N
         f"{result['rows_moved']:,} memberships archived then deleted in {result['batches']} batches; "
         f"live {result['registry_rows']:,}, archived {result['archived_rows']:,}"
     )
+
+
+# ---------------------------------------------------------------- metrics, report, demo (issue 10)
+
+
+@main.command()
+@click.option(
+    "--textfile",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="Write atomically to this *.prom file (node_exporter textfile collector) instead of stdout.",
+)
+@dsn_option
+def metrics(textfile: Path | None, dsn: str | None) -> None:
+    """Prometheus metrics: phases, backfill progress and rate, dead letters, reconciliation."""
+    from toolkit import metrics as metrics_module
+
+    with db.connection(dsn, autocommit=True) as conn:
+        if textfile is None:
+            click.echo(metrics_module.exposition(conn), nl=False)
+            return
+        metrics_module.write_textfile(conn, textfile)
+    click.echo(f"metrics written to {textfile}")
