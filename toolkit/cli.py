@@ -527,3 +527,26 @@ def metrics(textfile: Path | None, dsn: str | None) -> None:
             return
         metrics_module.write_textfile(conn, textfile)
     click.echo(f"metrics written to {textfile}")
+
+
+@main.command()
+@click.option(
+    "--html",
+    "html_path",
+    required=True,
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Write the self-contained HTML page here.",
+)
+@dsn_option
+@json_option
+def report(html_path: Path, dsn: str | None, as_json: bool) -> None:
+    """Cutover report: phase timeline, backfill, reconciliation history, dead letters, pre-flight."""
+    from toolkit import report as report_module
+
+    with db.connection(dsn, autocommit=True) as conn:
+        summary = report_module.write(conn, html_path)
+    if as_json:
+        output.echo_json({"html": str(html_path), **summary})
+        return
+    verdict = "READY" if summary["ready"] else "NOT READY"
+    click.echo(f"report written to {html_path}: {verdict}")
