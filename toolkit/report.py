@@ -188,7 +188,7 @@ def phase_segments(
     return segments
 
 
-def _check(result: Mapping[str, Any]) -> dict[str, Any]:
+def preflight_row(result: Mapping[str, Any]) -> dict[str, Any]:
     """One pre-flight result in the shape the page shows."""
     passed = result.get("passed", result.get("ok"))
     if passed is None:
@@ -234,7 +234,7 @@ def view_model(data: dict[str, Any]) -> dict[str, Any]:
     open_letters = sum(d["open"] for d in data["dead_letters"])
     failing = [h["pair"] for h in history if h["last"]["verdict"] != "pass"]
     unfinished = [b["table"] for b in data["backfill"] if b["status"] != "done"]
-    preflight = None if data["preflight"] is None else [_check(r) for r in data["preflight"]]
+    preflight = None if data["preflight"] is None else [preflight_row(r) for r in data["preflight"]]
     preflight_errors = [r for r in preflight or [] if not r["passed"] and r["severity"] == "error"]
     ready = not failing and not open_letters and not unfinished and not preflight_errors and bool(history)
     return {
