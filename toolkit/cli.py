@@ -991,3 +991,90 @@ def dxy_status(dsn: str | None, as_json: bool) -> None:
     rec_text = f"run {rec['id']} {rec['verdict']} at {rec['started_at']}" if rec else "none"
     health_text = f"{health['status']} {health['details']}" if health else "none"
     click.echo(f"last reconcile: {rec_text}; last health: {health_text}")
+
+
+# ---------------------------------------------------------------- metrics, report, demo (issue 10)
+
+
+@main.command()
+@click.option(
+    "--textfile",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="Write atomically to this *.prom file (node_exporter textfile collector) instead of stdout.",
+)
+@dsn_option
+def metrics(textfile: Path | None, dsn: str | None) -> None:
+    """Prometheus metrics: phases, backfill progress and rate, dead letters, reconciliation."""
+    from toolkit import metrics as metrics_module
+
+    with db.connection(dsn, autocommit=True) as conn:
+        if textfile is None:
+            click.echo(metrics_module.exposition(conn), nl=False)
+            return
+        metrics_module.write_textfile(conn, textfile)
+    click.echo(f"metrics written to {textfile}")
+
+
+@main.command()
+@click.option(
+    "--html",
+    "html_path",
+    required=True,
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Write the self-contained HTML page here.",
+)
+@dsn_option
+@json_option
+def report(html_path: Path, dsn: str | None, as_json: bool) -> None:
+    """Cutover report: phase timeline, backfill, reconciliation history, dead letters, pre-flight."""
+    from toolkit import report as report_module
+
+    with db.connection(dsn, autocommit=True) as conn:
+        summary = report_module.write(conn, html_path)
+    if as_json:
+        output.echo_json({"html": str(html_path), **summary})
+        return
+    verdict = "READY" if summary["ready"] else "NOT READY"
+    click.echo(f"report written to {html_path}: {verdict}")
+
+
+@main.command()
+@click.option(
+    "--rows",
+    type=click.IntRange(min=100),
+    default=200_000,
+    show_default=True,
+    help="Legacy minute bars to generate.",
+)
+@click.option("--keep", is_flag=True, help="Keep the scratch database (needs a configured server).")
+@dsn_option
+@json_option
+def demo(rows: int, keep: bool, dsn: str | None, as_json: bool) -> None:
+    """The whole migration on a generated legacy database: a scratch database, or an embedded server."""
+    from toolkit import demo as demo_module
+
+    echo = (lambda _line: None) if as_json else click.echo
+    outcomes, summary = demo_module.run(dsn, rows, keep, echo)
+    if as_json:
+        output.echo_json({"steps": [vars(o) for o in outcomes], "summary": summary})
+    else:
+        output.heading("\nsummary")
+        click.echo(
+            output.table(
+                [{"step": o.step, "status": o.status, "seconds": round(o.seconds, 1), "note": o.note}
+                 for o in outcomes]
+            )
+        )  # fmt: skip
+        click.echo()
+        verdicts = ", ".join(f"{p} {v}" for p, v in summary["reconciliation"].items()) or "none recorded"
+        click.echo(
+            output.table(
+                [{"rows migrated": summary["rows_migrated"], "rows/s": summary["rows_per_second"],
+                  "reconciliation": verdicts, "open dead letters": summary["open_dead_letters"]}]
+            )
+        )  # fmt: skip
+        verdict = "every step passed" if summary["passed"] else "NOT every step passed"
+        click.echo(f"\ndemo: {verdict} ({', '.join(f'{v} {k}' for k, v in summary['steps'].items() if v)})")
+    if not summary["passed"]:
+        sys.exit(EXIT_FAIL)
