@@ -171,3 +171,64 @@ class BarWriter:
         lost = sum(1 for k, v in self.committed.items() if found.get(k) != v)
         extra = sum(1 for k in found if k not in self.committed)  # a delete that came back
         return lost + extra
+
+
+# ---------------------------------------------------------------- screener.index_memberships writers
+
+
+class MembershipWriter:
+    """Legacy screener writes: its own memberships (index ``W<id>``) and updates of the history.
+
+    ``committed`` maps (index, token, day offset) to the weight last committed.
+    Every third operation re-weights a row of ``history`` (the rows the sync
+    copies while it runs), so sync and trigger race on the same rows.
+    """
+
+    TOKENS = (101, 102, 103)
+
+    def __init__(self, writer_id: int, history: list[tuple[str, int, int]]) -> None:
+        self.index = f"W{writer_id}"
+        self.history = history
+        self.committed: dict[tuple[str, int, int], str] = {}
+        self.order: list[tuple[str, int, int]] = []
+
+    def __call__(self, conn: psycopg.Connection[Any], i: int) -> None:
+        weight = f"0.{i + 1:06d}"
+        if i % 3 == 2 and self.history:
+            row = self.history[(i * 7919) % len(self.history)]
+        elif i % 7 == 6 and self.order:
+            row = self.order.pop(0)
+            conn.execute(
+                "DELETE FROM screener.index_memberships WHERE index_name = %s AND instrument_token = %s"
+                " AND effective_from = date '2020-01-01' + %s",
+                row,
+            )
+            del self.committed[row]
+            return
+        else:
+            row = (self.index, self.TOKENS[i % 3], i)
+            conn.execute(
+                "INSERT INTO screener.index_memberships (index_name, instrument_token, weight, effective_from)"
+                " VALUES (%s, %s, %s, date '2020-01-01' + %s)",
+                (*row[:2], weight, row[2]),
+            )
+            self.committed[row] = weight
+            self.order.append(row)
+            return
+        conn.execute(
+            "UPDATE screener.index_memberships SET weight = %s WHERE index_name = %s AND instrument_token = %s"
+            " AND effective_from = date '2020-01-01' + %s",
+            (weight, *row),
+        )
+        self.committed[row] = weight
+
+    def missing(self, conn: psycopg.Connection[Any]) -> int:
+        """Committed writes whose last value is not in the legacy table."""
+        rows = conn.execute(
+            "SELECT index_name, instrument_token, effective_from - date '2020-01-01', weight::text"
+            " FROM screener.index_memberships"
+        ).fetchall()
+        found = {(ix, int(t), int(d)): w for ix, t, d, w in rows}
+        mine = {k for k in found if k[0] == self.index}
+        lost = sum(1 for k, v in self.committed.items() if found.get(k) != v)
+        return lost + len(mine - set(self.committed))
