@@ -184,7 +184,7 @@ def test_copy_equals_source_per_day_while_bars_are_written(dsn: str) -> None:
     assert written, "the writer wrote nothing while the copy ran"
     assert result["batches"] > 10
     assert result["mismatched_days"] == {}
-    assert result["preflight"] == ["dxy_source_duplicates"]
+    assert {"dxy_source_duplicates", "data_bars_unique_key"} <= set(result["preflight"])
     with connect(dsn) as conn:
         assert step(conn) == "copied"
         assert per_day(conn, DXY_TARGET) == per_day(conn, DXY_SOURCE)
@@ -263,7 +263,10 @@ def test_copy_refuses_duplicate_source_keys_and_changes_nothing(dsn: str, cli: C
         conn.execute(f"INSERT INTO market.derived_data_bars SELECT * {DXY_SOURCE} ORDER BY ts LIMIT 2")
     result = cli("relocate", "dxy", "copy", dsn=dsn)
     assert result.exit_code == 1
-    assert "pre-flight check dxy_source_duplicates failed for step dxy_copy (2 violations" in result.output
+    assert (
+        "pre-flight for dxy_copy failed: dxy_source_duplicates (dxy_source_duplicates: 2 violation(s)"
+        in result.output
+    )
     assert "Traceback" not in result.output
     with connect(dsn) as conn:
         assert step(conn) == "installed"
@@ -280,7 +283,7 @@ def test_copy_refuses_without_the_unique_index(new_db: Callable[..., str], cli: 
         )
     result = cli("relocate", "dxy", "copy", dsn=dsn)
     assert result.exit_code == 1
-    assert "market.data_bars has no valid unique index over (instrument_key, timeframe, ts)" in result.output
+    assert "pre-flight for dxy_copy failed: data_bars_unique_key" in result.output
     with connect(dsn) as conn:
         assert step(conn) == "installed"
 
