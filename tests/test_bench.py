@@ -36,6 +36,10 @@ CASES: dict[str, tuple[list[str], set[str]]] = {
         },
     ),
     "registry_lookup": (["--rows", "2000", "--network-calls", "200"], {"resolve_key in the database"}),
+    "growth": (
+        ["--rows", "4000"],
+        {"backfill per row at 4,000 rows", "backfill per row at 20,000 rows"},
+    ),
 }
 
 
