@@ -28,11 +28,12 @@ CASES: dict[str, tuple[list[str], set[str]]] = {
         {"backfill time", "writer p99 during backfill"},
     ),
     "sync_trigger": (
-        ["--rows", "5000", "--clients", "2", "--seconds", "1"],
+        ["--rows", "5000", "--clients", "2", "--seconds", "1", "--explain", "30"],
         {
             "single-row insert tps, with triggers",
             "bulk INSERT ... SELECT, grouped by instrument",
             "bulk INSERT ... SELECT, interleaved by minute",
+            "single-row INSERT executor time",
         },
     ),
     "registry_lookup": (["--rows", "2000", "--network-calls", "200"], {"resolve_key in the database"}),
