@@ -23,7 +23,8 @@ SETUP = """
 CREATE SCHEMA bench;
 CREATE TABLE bench.src (id bigint PRIMARY KEY, amount numeric, note text, at timestamptz, payload jsonb);
 INSERT INTO bench.src
-SELECT i, i * 0.25, 'note ' || i, '2026-01-01'::timestamptz + i * interval '1 second', jsonb_build_object('i', i)
+SELECT i, i * 0.25, 'note ' || i, '2026-01-01'::timestamptz + i * interval '1 second',
+       jsonb_build_object('i', i)
   FROM generate_series(1, %(rows)s) i;
 CREATE TABLE bench.tgt (LIKE bench.src INCLUDING ALL);
 INSERT INTO bench.tgt SELECT * FROM bench.src;

@@ -181,27 +181,51 @@ def table_side(conn: psycopg.Connection[Any], name: str, role: str, slice_: dict
 # ---------------------------------------------------------------- canonical values
 
 
+_INTS = ("int2", "int4", "int8")
+_FLOATS = ("float4", "float8")
+
+
 def canonical(column: Column, peer: Column | None = None) -> sql.Composable:
-    """Text of a value that compares by meaning, independent of the session's settings."""
+    """A value whose text output compares by meaning, under the run's fixed session settings.
+
+    ``peer`` is the same column on the other side: an integer compared with a
+    numeric is normalised as a numeric, a numeric compared with a float as a float.
+    """
     ref = sql.SQL("t.{}").format(sql.Identifier(column.name))
-    floats = ("float4", "float8")
+    if column.typname in _INTS and (peer is None or peer.typname in _INTS):
+        return ref  # prints as trim_scale prints the same numeric
     if column.category == "N" and column.typname != "money":
-        if column.typname in floats or (peer is not None and peer.typname in floats):
-            return sql.SQL("({})::float8::text").format(ref)
-        return sql.SQL("pg_catalog.trim_scale(({})::numeric)::text").format(ref)
-    # Date/time types print in the run's fixed DateStyle (ISO); a timestamptz as
-    # its UTC wall-clock time, whatever zone it was written in (and equal to a
-    # timestamp holding UTC). Cheaper than to_char, and +-infinity stay apart from NULL.
+        if column.typname in _FLOATS or (peer is not None and peer.typname in _FLOATS):
+            return sql.SQL("({})::float8").format(ref)
+        return sql.SQL("pg_catalog.trim_scale(({})::numeric)").format(ref)  # 1.0 = 1.00
+    # Date/time types print in the run's DateStyle (ISO); a timestamptz as its UTC
+    # wall-clock time, whatever zone it was written in (equal to a timestamp
+    # holding UTC). +-infinity print as such, apart from NULL.
     if column.typname == "timestamptz":
-        return sql.SQL("({} AT TIME ZONE 'UTC')::text").format(ref)
+        return sql.SQL("({} AT TIME ZONE 'UTC')").format(ref)
     if column.typname == "json":
-        return sql.SQL("({})::jsonb::text").format(ref)
-    return sql.SQL("({})::text").format(ref)
+        return sql.SQL("({})::jsonb").format(ref)
+    return ref
 
 
-def _joined(exprs: Iterable[sql.Composable]) -> sql.Composable:
-    """One unambiguous text of several text values: a row literal, where NULL is
-    empty and '' is quoted ("(,\"\")"), and quotes inside values are escaped."""
+def _text(expr: sql.Composable) -> sql.Composable:
+    return sql.SQL("({})::text").format(expr)
+
+
+def _texts(exprs: Iterable[sql.Composable]) -> sql.Composable:
+    """ARRAY[...]::text[] of canonical values, for display and comparison by column."""
+    return sql.SQL("ARRAY[{}]::text[]").format(sql.SQL(", ").join(_text(e) for e in exprs))
+
+
+def _row(exprs: list[sql.Composable]) -> sql.Composable:
+    return sql.SQL("ROW({})::text").format(sql.SQL(", ").join(exprs))
+
+
+def _joined(exprs: list[sql.Composable]) -> sql.Composable:
+    """One unambiguous text of several values: a row literal, where NULL is empty,
+    '' is quoted ("(,\"\")") and quotes inside values are escaped. One value: its text."""
+    if len(exprs) == 1:
+        return sql.SQL("pg_catalog.quote_nullable({})").format(_text(exprs[0]))
     return sql.SQL("ROW({})::text").format(sql.SQL(", ").join(exprs))
 
 
@@ -294,7 +318,7 @@ class Plan:
     def checksum_query(self, side: Side) -> tuple[sql.Composed, dict[str, Any]]:
         where, params = self.where(side, "")
         bucket, bparams = self.bucket(side, "")
-        row_text = _joined(self.exprs(side, self.key + self.columns))
+        row_text = _row(self.exprs(side, self.key + self.columns))
         query = sql.SQL(
             "SELECT b, count(*), sum(h)::text FROM (SELECT {bucket} AS b,"
             " pg_catalog.hashtextextended({row}, 0) AS h FROM {src} WHERE {where}) x GROUP BY b"
@@ -307,14 +331,14 @@ class Plan:
         ranges, rparams = self.ranges(side, buckets, prefix)
         keys = self.exprs(side, self.key)
         query = sql.SQL(
-            "SELECT {ktext} AS k, ARRAY[{keys}]::text[] AS key, ARRAY[{vals}]::text[] AS vals,"
+            "SELECT {ktext} AS k, {keys} AS key, {vals} AS vals,"
             " pg_catalog.hashtextextended({row}, 0) AS h, {unmapped} AS unmapped, {note} AS note"
             " FROM {src} WHERE {where} AND {ranges} AND {bucket} = ANY({buckets})"
         ).format(
             ktext=_joined(keys),
-            keys=sql.SQL(", ").join(keys),
-            vals=sql.SQL(", ").join(self.exprs(side, self.columns)) if self.columns else sql.SQL(""),
-            row=_joined(self.exprs(side, self.key + self.columns)),
+            keys=_texts(keys),
+            vals=_texts(self.exprs(side, self.columns)),
+            row=_row(self.exprs(side, self.key + self.columns)),
             unmapped=side.unmapped,
             note=side.note,
             src=side.source,
@@ -425,6 +449,9 @@ def _session_settings(conn: psycopg.Connection[Any]) -> None:
         # estimates one group per row and sorts (spilling to disk) instead of
         # hashing a few hundred groups.
         ("enable_sort", "off"),
+        # That penalty makes every plan look expensive enough to JIT-compile:
+        # seconds of compilation for queries that run in less.
+        ("jit", "off"),
     ):
         conn.execute("SELECT pg_catalog.set_config(%s, %s, true)", (name, value))
 
@@ -628,9 +655,8 @@ def _problem_rows(
 ) -> tuple[int, list[list[str]]]:
     exprs = [canonical(side.col(k)) for k in keys]
     query = sql.SQL(
-        "SELECT count(*) OVER (), ARRAY[{keys}]::text[] AS key FROM {src} WHERE {where}"
-        " ORDER BY 2 LIMIT {lim}"
-    ).format(keys=sql.SQL(", ").join(exprs), src=side.source, where=where, lim=sql.Placeholder("max_rows"))
+        "SELECT count(*) OVER (), {keys} AS key FROM {src} WHERE {where} ORDER BY 2 LIMIT {lim}"
+    ).format(keys=_texts(exprs), src=side.source, where=where, lim=sql.Placeholder("max_rows"))
     rows = snap.conn.execute(query, {**params, "max_rows": max_rows}).fetchall()
     return (rows[0][0] if rows else 0), [r[1] for r in rows]
 
@@ -681,7 +707,7 @@ def kind_relocation(
 
 KEY_COVERAGE = """
 WITH r AS (
-    SELECT ARRAY[{identity}]::text[] AS key, t.{token}::text AS token, t.{key} AS actual,
+    SELECT {identity} AS key, t.{token}::text AS token, t.{key} AS actual,
            CASE WHEN t.{key} IS NOT NULL AND t.{token} IS NOT NULL
                 THEN instrument_registry.resolve_key({broker}, t.{token},
                                                      COALESCE({at}, pg_catalog.now())) END AS expected
@@ -715,7 +741,7 @@ def kind_key_coverage(
     at = _at(side.col(str(time_name)), "t") if time_name else sql.SQL("NULL::timestamptz")
     progress(Progress("rows checked", 0, 1))
     query = sql.SQL(KEY_COVERAGE).format(
-        identity=sql.SQL(", ").join(canonical(side.col(c)) for c in identity),
+        identity=_texts(canonical(side.col(c)) for c in identity),
         token=sql.Identifier(token.name),
         key=sql.Identifier(key.name),
         broker=_BROKER,
