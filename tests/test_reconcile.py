@@ -161,6 +161,32 @@ def test_strict_and_lenient_verdicts_use_the_threshold_setting(conn: psycopg.Con
     assert adhoc(conn, mode="lenient").verdict == "fail"
 
 
+def test_tolerances_are_exact_by_default_and_declared_per_column(conn: psycopg.Connection[Any]) -> None:
+    conn.execute("ALTER TABLE rec.src ADD COLUMN price float8")
+    conn.execute("ALTER TABLE rec.tgt ADD COLUMN price float8")
+    conn.execute("UPDATE rec.src SET price = id / 3.0")
+    conn.execute("UPDATE rec.tgt SET price = id / 3.0 + 1e-9")  # noise on every row
+    conn.execute("UPDATE rec.tgt SET at = at + interval '300 milliseconds' WHERE id = 11")
+    exact = adhoc(conn)
+    assert exact.categories == {"changed": 2000}
+    tolerant = {"price": "abs:0.000001", "at": "precision:second"}
+    ok = adhoc(conn, tolerances=tolerant)
+    assert ok.verdict == "pass" and ok.rows_matched == 2000 and not ok.differences
+    assert adhoc(conn, tolerances={"price": "rel:0.000001", "at": "precision:second"}).verdict == "pass"
+    conn.execute("UPDATE rec.tgt SET price = price + 0.01 WHERE id = 9")
+    one = adhoc(conn, tolerances=tolerant)
+    assert found(one) == {("changed", ("us", "9"), ("price",))}
+    assert one.rows_matched == 1999
+    for bad, message in [
+        ({"note": "abs:1"}, "does not apply to rec.src.note"),
+        ({"price": "abs:x"}, "is not abs:N"),
+        ({"at": "precision:fortnight"}, "is not abs:N"),
+        ({"id": "abs:1"}, "not a compared column"),
+    ]:
+        with pytest.raises(KeyshiftError, match=message):
+            adhoc(conn, tolerances=bad)
+
+
 def _writer(dsn: str) -> Callable[[reconcile.Progress], None]:
     """A progress hook that commits writes from another session at each step of the run."""
 

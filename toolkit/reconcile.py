@@ -242,10 +242,44 @@ class Plan:
     columns: list[str]
     bucketing: Bucketing
     mapped: bool = False
+    # column -> (abs | rel | precision, value); off by default: exact
+    tolerances: dict[str, tuple[str, Any]] = field(default_factory=dict)
 
     def exprs(self, side: Side, names: list[str]) -> list[sql.Composable]:
         other = self.target if side is self.source else self.source
-        return [canonical(side.col(n), other.columns.get(n)) for n in names]
+        out = []
+        for n in names:
+            expr = canonical(side.col(n), other.columns.get(n))
+            kind, value = self.tolerances.get(n, ("", None))
+            if kind == "precision":  # a whitelisted date_trunc unit
+                expr = sql.SQL("pg_catalog.date_trunc({}, {})").format(sql.Literal(value), expr)
+            out.append(expr)
+        return out
+
+    def within(self) -> tuple[sql.Composable, dict[str, Any]]:
+        """True when one source row and one target row differ only within the numeric tolerances.
+
+        A checksum cannot be tolerant: the bucket mismatches and the drill-down decides per row.
+        """
+        numeric = {n: t for n, t in self.tolerances.items() if t[0] in ("abs", "rel")}
+        if not numeric:
+            return sql.SQL("false"), {}
+        parts: list[sql.Composable] = []
+        params: dict[str, Any] = {}
+        for i, name in enumerate(self.columns, start=1):
+            s, t = (sql.SQL("{}.vals[{}]").format(sql.SQL(a), sql.Literal(i)) for a in ("sa", "ta"))
+            same = sql.SQL("{} IS NOT DISTINCT FROM {}").format(s, t)
+            if name not in numeric:
+                parts.append(same)
+                continue
+            kind, value = numeric[name]
+            params[f"tol{i}"] = Decimal(str(value))
+            diff = sql.SQL("abs({}::numeric - {}::numeric)").format(s, t)
+            bound: sql.Composable = sql.Placeholder(f"tol{i}")
+            if kind == "rel":
+                bound = sql.SQL("{} * greatest(abs({}::numeric), abs({}::numeric))").format(bound, s, t)
+            parts.append(sql.SQL("({} OR {} <= {})").format(same, diff, bound))
+        return sql.SQL("({})").format(sql.SQL(" AND ").join(parts)), params
 
     def where(self, side: Side, prefix: str) -> tuple[sql.Composable, dict[str, Any]]:
         parts: list[sql.Composable] = [sql.SQL("true")]
@@ -368,10 +402,12 @@ j AS MATERIALIZED (
                 WHEN sa.k IS NULL THEN 'extra'
                 WHEN sa.n > 1 AND {mapped} THEN 'collision'
                 WHEN sa.n <> ta.n THEN 'duplicate'
+                WHEN sa.n = 1 AND {within} THEN NULL
                 WHEN sa.hsum <> ta.hsum OR sa.hmin <> ta.hmin OR sa.hmax <> ta.hmax THEN 'changed'
            END AS category,
-           CASE WHEN sa.k IS NULL OR ta.k IS NULL OR sa.unmapped
-                     OR sa.hmin <> ta.hmin OR sa.hmax <> ta.hmax THEN 0
+           CASE WHEN sa.k IS NULL OR ta.k IS NULL OR sa.unmapped THEN 0
+                WHEN sa.n = 1 AND ta.n = 1 AND {within} THEN 1
+                WHEN sa.hmin <> ta.hmin OR sa.hmax <> ta.hmax THEN 0
                 WHEN sa.n = ta.n AND sa.hsum = ta.hsum THEN sa.n
                 WHEN sa.hmin = sa.hmax THEN LEAST(sa.n, ta.n)
                 ELSE 0 END AS matched
@@ -486,13 +522,15 @@ def compare(snap: Snapshot, plan: Plan, max_rows: int, progress: ProgressFn, cou
     progress(Progress("buckets drilled into", 0, len(bad)))
     sq, sp = plan.side_rows(plan.source, "s_", bad)
     tq, tp = plan.side_rows(plan.target, "t_", bad)
+    within, wp = plan.within()
     query = sql.SQL(DRILL_DOWN).format(
         source=sq,
         target=tq,
         mapped=sql.SQL("true" if plan.mapped else "false"),
+        within=within,
         max_rows=sql.Placeholder("max_rows"),
     )
-    row = snap.conn.execute(query, {**sp, **tp, "max_rows": max_rows}).fetchone()
+    row = snap.conn.execute(query, {**sp, **tp, **wp, "max_rows": max_rows}).fetchone()
     assert row is not None
     matched, categories, rows = row
     counts.rows_matched += matched
@@ -500,7 +538,7 @@ def compare(snap: Snapshot, plan: Plan, max_rows: int, progress: ProgressFn, cou
         Difference(
             r["category"],
             dict(zip(plan.key, r["key"], strict=True)),
-            _changed(plan.columns, r["svals"], r["tvals"]),
+            _changed(plan, r["svals"], r["tvals"]),
             r["ns"],
             r["nt"],
             r["note"],
@@ -512,16 +550,51 @@ def compare(snap: Snapshot, plan: Plan, max_rows: int, progress: ProgressFn, cou
     progress(Progress("buckets drilled into", len(bad), len(bad)))
 
 
-def _changed(
-    columns: list[str], svals: list[Any] | None, tvals: list[Any] | None
-) -> dict[str, dict[str, Any]]:
-    """The columns whose values differ (all of them when one side has no row)."""
+def _changed(plan: Plan, svals: list[Any] | None, tvals: list[Any] | None) -> dict[str, dict[str, Any]]:
+    """The columns whose values differ beyond their tolerance (all of them when one side has no row)."""
     out = {}
-    for i, name in enumerate(columns):
+    for i, name in enumerate(plan.columns):
         s = svals[i] if svals is not None else None
         t = tvals[i] if tvals is not None else None
-        if svals is None or tvals is None or s != t:
+        if svals is None or tvals is None or not (s == t or _within(plan.tolerances.get(name), s, t)):
             out[name] = {"source": s, "target": t}
+    return out
+
+
+def _within(tolerance: tuple[str, Any] | None, s: str | None, t: str | None) -> bool:
+    if tolerance is None or tolerance[0] not in ("abs", "rel") or s is None or t is None:
+        return False
+    a, b, bound = Decimal(s), Decimal(t), Decimal(str(tolerance[1]))
+    if tolerance[0] == "rel":
+        bound *= max(abs(a), abs(b))
+    return abs(a - b) <= bound
+
+
+PRECISIONS = ("milliseconds", "second", "minute", "hour", "day")
+
+
+def parse_tolerances(value: Any, pair: str) -> dict[str, tuple[str, Any]]:
+    """``{"col": "abs:0.001" | "rel:1e-6" | "precision:second"}`` (the CLI's --tolerance COL=...)."""
+    if not value:
+        return {}
+    if not isinstance(value, dict):
+        raise UsageError(f"{pair}: tolerances must be an object of column: kind:value, got {value!r}")
+    out: dict[str, tuple[str, Any]] = {}
+    for column, text in value.items():
+        kind, _, amount = str(text).partition(":")
+        if kind == "precision" and amount in PRECISIONS:
+            out[column] = (kind, amount)
+            continue
+        try:
+            number = Decimal(amount)
+        except ArithmeticError:
+            number = Decimal(-1)
+        if kind not in ("abs", "rel") or not number.is_finite() or number < 0:
+            raise UsageError(
+                f"{pair}: tolerance {column}={text!r} is not abs:N, rel:N (N >= 0) or "
+                f"precision:{'|'.join(PRECISIONS)}"
+            )
+        out[column] = (kind, number)
     return out
 
 
@@ -588,6 +661,19 @@ def _plan(snap: Snapshot, spec: dict[str, Any], pair: str, source: Side | None =
         src.col(name)
         tgt.col(name)
     plan = Plan(src, tgt, key, columns, parse_bucket(spec.get("bucket_by")))
+    plan.tolerances = parse_tolerances(spec.get("tolerances"), pair)
+    for name, (kind, _) in plan.tolerances.items():
+        if name not in columns:
+            raise UsageError(
+                f"{pair}: tolerance on {name!r}, which is not a compared column ({', '.join(columns)})"
+            )
+        for side in (src, tgt):
+            column = side.col(name)
+            fits = column.typname in _TIME_TYPES if kind == "precision" else column.category == "N"
+            if not fits:
+                raise UsageError(
+                    f"{pair}: a {kind} tolerance does not apply to {side.relation}.{name} ({column.typname})"
+                )
     _check_bucket(plan)
     return plan
 
@@ -834,7 +920,7 @@ def run(
                 counts, source, target = KINDS[kind](snap, spec, pair, max_rows, show)
             finally:
                 snap.close()
-    except psycopg.errors.DataError as exc:
+    except (psycopg.errors.DataError, psycopg.errors.UndefinedFunction) as exc:
         raise UsageError(
             f"{pair}: a slice or bucket value does not fit its column: {db.describe_pg_error(exc)}"
         ) from None
@@ -911,12 +997,15 @@ def run_adhoc(
     columns: list[str] | None = None,
     slices: dict[str, Any] | None = None,
     bucket_by: str | None = None,
+    tolerances: dict[str, str] | None = None,
     **options: Any,
 ) -> Result:
     """Compare two relations of this database (pair ``adhoc:<source>-><target>``)."""
     spec = {"source": source, "target": target, "key": key, "columns": columns, "slice": slices or {}}
     if bucket_by:
         spec["bucket_by"] = bucket_by
+    if tolerances:
+        spec["tolerances"] = tolerances
     return run(conn, f"adhoc:{source}->{target}", "table", spec, **options)
 
 
