@@ -137,6 +137,19 @@ def test_a_change_in_one_bucket_among_many_drills_into_that_bucket_only(
     assert adhoc(conn, bucket_by="at:hour").buckets_mismatched == 1
 
 
+def test_an_indexed_integer_key_is_bucketed_by_ranges_by_default(conn: psycopg.Connection[Any]) -> None:
+    conn.execute("CREATE INDEX ON rec.src (id)")
+    conn.execute("CREATE INDEX ON rec.tgt (id)")
+    conn.execute("UPDATE rec.tgt SET note = 'x' WHERE id = 1500")
+    result = adhoc(conn, key=["id", "region"])
+    # 2000 ids in 256 buckets: width 8, bucket n holds ids 8n .. 8n+7.
+    assert result.buckets_total == 251 and [b["bucket"] for b in result.buckets if not b["match"]] == ["187"]
+    assert found(result) == {("changed", ("1500", "eu"), ("note",))}
+    hashed = adhoc(conn)  # leading column region: buckets of the key's hash
+    assert found(hashed) == {("changed", ("eu", "1500"), ("note",))}
+    assert [b["bucket"] for b in hashed.buckets if not b["match"]] != ["187"]
+
+
 def test_max_rows_limits_the_listing_not_the_counts(conn: psycopg.Connection[Any]) -> None:
     conn.execute("UPDATE rec.tgt SET amount = 0 WHERE id <= 50")
     result = adhoc(conn, max_rows=7)

@@ -27,7 +27,10 @@ from toolkit import db
 from toolkit.control import get_setting, require_control_schema
 from toolkit.errors import UsageError
 from toolkit.reconcile_sql import (
+    HASH_BUCKETS,
+    INTS,
     TIME_TYPES,
+    Bucketing,
     Column,
     Counts,
     Difference,
@@ -126,6 +129,8 @@ def _plan(snap: Snapshot, spec: dict[str, Any], pair: str, source: Side | None =
         src.col(name)
         tgt.col(name)
     plan = Plan(src, tgt, key, columns, parse_bucket(spec.get("bucket_by")))
+    if not spec.get("bucket_by"):
+        plan.bucketing = _default_buckets(snap, plan)
     plan.tolerances = parse_tolerances(spec.get("tolerances"), pair)
     for name, (kind, _) in plan.tolerances.items():
         if name not in columns:
@@ -141,6 +146,34 @@ def _plan(snap: Snapshot, spec: dict[str, Any], pair: str, source: Side | None =
                 )
     check_bucket(plan)
     return plan
+
+
+def _default_buckets(snap: Snapshot, plan: Plan) -> Bucketing:
+    """Ranges of the first key column when it is an integer leading an index on both sides
+    (the drill-down then reads only the mismatching ranges); else the key's hash."""
+    first = plan.key[0]
+    for side in (plan.source, plan.target):
+        if side.oid is None or side.slice or side.col(first).typname not in INTS:
+            return Bucketing(None, "hash")
+        row = snap.conn.execute(
+            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_index i JOIN pg_catalog.pg_attribute a"
+            " ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]"
+            " WHERE i.indrelid = %s AND a.attname = %s AND i.indisvalid)",
+            (side.oid, first),
+        ).fetchone()
+        if not row or not row[0]:
+            return Bucketing(None, "hash")
+    minmax = sql.SQL("SELECT min(t.{c}), max(t.{c}) FROM {src}")  # two index probes
+    bounds = [
+        snap.conn.execute(minmax.format(c=sql.Identifier(first), src=side.source)).fetchone()
+        for side in (plan.source, plan.target)
+    ]
+    lows = [b[0] for b in bounds if b and b[0] is not None]
+    highs = [b[1] for b in bounds if b and b[1] is not None]
+    if not lows:
+        return Bucketing(None, "hash")
+    width = max(1, -(-(max(highs) - min(lows) + 1) // HASH_BUCKETS))
+    return Bucketing(first, str(width))
 
 
 def _at(column: Column, alias: str) -> sql.Composable:
@@ -167,7 +200,7 @@ def kind_mapping(
     snap: Snapshot, spec: dict[str, Any], pair: str, max_rows: int, progress: ProgressFn
 ) -> tuple[Counts, str, str]:
     """Legacy rows mapped token -> key through the registry at their own time, against the target."""
-    display, ident, cols = relation(snap.conn, str(spec.get("source")), "source")
+    display, ident, cols, _ = relation(snap.conn, str(spec.get("source")), "source")
     probe = Side(display, ident, cols)
     token = probe.col(str(spec.get("token_column", "instrument_token")))
     at = probe.col(str(spec.get("at_column")))
@@ -194,6 +227,8 @@ def kind_mapping(
         unmapped=sql.SQL("t.{} IS NULL").format(sql.Identifier(key_column)),
         note=sql.SQL("t.{}::text").format(sql.Identifier(token.name)),
     )
+    for column in side.slice:
+        side.col(column)
     plan = _plan(snap, spec, pair, source=side)
     plan.mapped = True
     counts = Counts()
@@ -283,7 +318,7 @@ def kind_key_coverage(
     snap: Snapshot, spec: dict[str, Any], pair: str, max_rows: int, progress: ProgressFn
 ) -> tuple[Counts, str, str]:
     """A token table against the registry: every row has a key, and it is the key its token meant then."""
-    display, ident, cols = relation(snap.conn, str(spec.get("table")), "table")
+    display, ident, cols, _ = relation(snap.conn, str(spec.get("table")), "table")
     side = Side(display, ident, cols)
     identity = _names(spec, "identity", pair) or []
     token = side.col(str(spec.get("token_column", "instrument_token")))

@@ -31,7 +31,7 @@ from psycopg import sql
 from toolkit import db
 from toolkit.errors import UsageError
 
-HASH_BUCKETS = 256  # default buckets: the key's hash, when no --bucket-by is given
+HASH_BUCKETS = 256  # default buckets (of the key's hash, or of an indexed integer key's range)
 RANGE_PREDICATES_MAX = 100  # up to this many mismatching buckets, drill-down uses index ranges
 STORED_BUCKETS_MAX = 1000  # buckets kept in a run's details
 TIME_STEPS = {"day": dt.timedelta(days=1), "hour": dt.timedelta(hours=1)}
@@ -53,6 +53,7 @@ class Side:
     source: sql.Composable  # FROM item, aliased t
     columns: dict[str, Column]
     slice: dict[str, Any] = field(default_factory=dict)
+    oid: int | None = None  # the relation's, when the FROM item is the relation itself
     # mapping pairs: the token had no key; and what is shown beside a difference (the token)
     unmapped: sql.Composable = field(default_factory=lambda: sql.SQL("false"))
     note: sql.Composable = field(default_factory=lambda: sql.SQL("NULL::text"))
@@ -100,7 +101,7 @@ def noop(_p: Progress) -> None:
 
 def relation(
     conn: psycopg.Connection[Any], name: str, role: str
-) -> tuple[str, sql.Composable, dict[str, Column]]:
+) -> tuple[str, sql.Composable, dict[str, Column], int]:
     """Look a relation up in the catalog: (display name, quoted identifier, columns)."""
     try:
         row = conn.execute(
@@ -126,12 +127,12 @@ def relation(
             (oid,),
         ).fetchall()
     }
-    return f"{schema}.{table}", sql.Identifier(schema, table), cols
+    return f"{schema}.{table}", sql.Identifier(schema, table), cols, int(oid)
 
 
 def table_side(conn: psycopg.Connection[Any], name: str, role: str, slice_: dict[str, Any]) -> Side:
-    display, ident, cols = relation(conn, name, role)
-    side = Side(display, sql.SQL("{} AS t").format(ident), cols, dict(slice_))
+    display, ident, cols, oid = relation(conn, name, role)
+    side = Side(display, sql.SQL("{} AS t").format(ident), cols, dict(slice_), oid=oid)
     for column in side.slice:
         side.col(column)
     return side
@@ -140,7 +141,7 @@ def table_side(conn: psycopg.Connection[Any], name: str, role: str, slice_: dict
 # ---------------------------------------------------------------- canonical values
 
 
-_INTS = ("int2", "int4", "int8")
+INTS = ("int2", "int4", "int8")
 _FLOATS = ("float4", "float8")
 
 
@@ -151,7 +152,7 @@ def canonical(column: Column, peer: Column | None = None) -> sql.Composable:
     numeric is normalised as a numeric, a numeric compared with a float as a float.
     """
     ref = sql.SQL("t.{}").format(sql.Identifier(column.name))
-    if column.typname in _INTS and (peer is None or peer.typname in _INTS):
+    if column.typname in INTS and (peer is None or peer.typname in INTS):
         return ref  # prints as trim_scale prints the same numeric
     if column.category == "N" and column.typname != "money":
         if column.typname in _FLOATS or (peer is not None and peer.typname in _FLOATS):
