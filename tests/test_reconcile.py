@@ -481,11 +481,13 @@ def test_cli_exit_codes_json_and_history(cli: Callable, head_dsn: str) -> None: 
     table = cli(*args, "--slice", "region=us", dsn=head_dsn)
     assert table.exit_code == 1 and "us" in table.stdout and "148.5" in table.stdout
     assert cli(*args, "--mode", "lenient", dsn=head_dsn).exit_code == 0
+    assert cli(*args, "--tolerance", "amount=abs:141.5", dsn=head_dsn).exit_code == 0
     for bad_args in (
         ("reconcile",),
         ("reconcile", "--source", "rec.src"),
         ("reconcile", "nope"),
         (*args, "--slice", "region"),
+        (*args, "--tolerance", "amount=abs:-1"),
         (*args, "--slice", "id=x'; DROP TABLE rec.tgt; --"),
         ("reconcile", "--source", "rec.src;", "--target", "rec.tgt", "--key", "id"),
     ):
@@ -495,6 +497,6 @@ def test_cli_exit_codes_json_and_history(cli: Callable, head_dsn: str) -> None: 
     assert cli(*args, dsn="host=127.0.0.1 port=1 dbname=x connect_timeout=2").exit_code == 2
     history = cli("reconcile", "--history", "--json", dsn=head_dsn)
     runs = json.loads(history.stdout)
-    assert [r["verdict"] for r in runs] == ["pass", "fail", "fail", "pass"]
-    assert runs[0]["pair"] == "adhoc:rec.src->rec.tgt" and runs[0]["mode"] == "lenient"
+    assert [r["verdict"] for r in runs] == ["pass", "pass", "fail", "fail", "pass"]
+    assert runs[1]["pair"] == "adhoc:rec.src->rec.tgt" and runs[1]["mode"] == "lenient"
     assert "adhoc:rec.src->rec.tgt" in cli("reconcile", "--history", dsn=head_dsn).stdout
