@@ -357,11 +357,10 @@ def test_relocation_pair_checks_the_slice_and_its_conservation(conn: psycopg.Con
 
 def test_the_dxy_spec_runs_on_the_real_tables(head_conn: psycopg.Connection[Any]) -> None:
     conn = head_conn
-    conn.execute("ALTER TABLE market.derived_data_bars ADD COLUMN relocated_at timestamptz")
-    conn.execute(
-        "INSERT INTO instrument_registry.instruments (instrument_key, symbol, exchange, instrument_type)"
-        " VALUES ('DXY_ICE_INDEX', 'DXY', 'ICE', 'INDEX')"
-    )
+    # Revision dxy_relocation registered the pair with exactly this spec.
+    assert [
+        (p["name"], p["kind"], p["spec"]) for p in reconcile.pairs(conn) if p["name"] == "dxy_1m_bars"
+    ] == [("dxy_1m_bars", "relocation", DXY_SPEC)]
     conn.execute(
         "INSERT INTO market.derived_data_bars (symbol, timeframe, ts, open, high, low, close, volume)"
         " SELECT 'DXY', '1m', '2026-11-01'::timestamptz + m * interval '1 minute', 104.1, 104.2, 104.0, 104.15, 0"
@@ -371,7 +370,6 @@ def test_the_dxy_spec_runs_on_the_real_tables(head_conn: psycopg.Connection[Any]
         "INSERT INTO market.data_bars (instrument_key, timeframe, ts, open, high, low, close, volume)"
         " SELECT 'DXY_ICE_INDEX', timeframe, ts, open, high, low, close, volume FROM market.derived_data_bars"
     )
-    register(conn, "dxy_1m_bars", "relocation", DXY_SPEC)
     result = reconcile.run_pair(conn, "dxy_1m_bars")
     assert result.verdict == "pass" and result.rows_matched == 3000 and result.buckets_total == 3
     # What the DXY cleanup guard reads.
@@ -402,13 +400,14 @@ def test_registered_pairs_on_a_legacy_database_before_and_after_the_backfill(
     with psycopg.connect(dsn, autocommit=True) as conn:
         after = reconcile.run_all(conn)
         assert [r.pair for r in after] == [
+            "dxy_1m_bars",
             "index_memberships",
             "key_coverage.market.data_bars",
             "key_coverage.market.subscriptions",
             "key_coverage.trading.positions",
         ]
-        assert [r.verdict for r in after] == ["pass"] * 4
-        assert after[1].rows_matched == 150
+        assert [r.verdict for r in after] == ["pass"] * 5
+        assert after[2].rows_matched == 150
         # A key that disagrees with the registry (token 101 meant AAA before 2026).
         conn.execute("SET session_replication_role = replica")  # past the sync trigger, as a bad loader would
         conn.execute(
