@@ -135,6 +135,19 @@ def test_a_change_in_one_bucket_among_many_drills_into_that_bucket_only(
     by_width = adhoc(conn, bucket_by="id:100")
     assert by_width.buckets_mismatched == 1 and found(by_width) == found(by_day)
     assert adhoc(conn, bucket_by="at:hour").buckets_mismatched == 1
+    # Rows without a bucket value have a bucket of their own.
+    conn.execute("UPDATE rec.src SET at = NULL WHERE id IN (3, 4)")
+    conn.execute("UPDATE rec.tgt SET at = NULL WHERE id = 3")
+    nulls = adhoc(conn, bucket_by="at:day")
+    assert found(nulls) == {
+        ("changed", ("eu", "1234"), ("note",)),
+        ("changed", ("eu", "4"), ("at",)),  # its two buckets are both drilled into: one key
+    }
+    assert sorted(b["bucket"] for b in nulls.buckets if not b["match"]) == [
+        "2026-03-01 00:00:00+00",
+        "2026-04-21 00:00:00+00",
+        "null",
+    ]
 
 
 def test_an_indexed_integer_key_is_bucketed_by_ranges_by_default(conn: psycopg.Connection[Any]) -> None:

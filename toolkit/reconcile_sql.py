@@ -36,6 +36,7 @@ RANGE_PREDICATES_MAX = 100  # up to this many mismatching buckets, drill-down us
 STORED_BUCKETS_MAX = 1000  # buckets kept in a run's details
 TIME_STEPS = {"day": dt.timedelta(days=1), "hour": dt.timedelta(hours=1)}
 TIME_TYPES = ("timestamptz", "timestamp", "date")
+NULL_BUCKET = "null"  # the bucket of rows whose bucket column is NULL
 
 
 @dataclass(frozen=True)
@@ -266,25 +267,29 @@ class Plan:
             )
         column = side.col(b.column)
         ref = sql.SQL("t.{}").format(sql.Identifier(b.column))
+        # Rows whose bucket column is NULL have a bucket of their own.
+        null = sql.Literal(NULL_BUCKET)
         if b.unit in TIME_STEPS:
             # date_trunc of a timestamptz works in the run's TimeZone, UTC.
             cast = sql.SQL("::timestamp") if column.typname == "date" else sql.SQL("")
             return (
-                sql.SQL("pg_catalog.date_trunc({u}, {r}{c})::text").format(
-                    u=sql.Literal(b.unit), r=ref, c=cast
+                sql.SQL("COALESCE(pg_catalog.date_trunc({u}, {r}{c})::text, {n})").format(
+                    u=sql.Literal(b.unit), r=ref, c=cast, n=null
                 ),
                 {},
             )
         name = f"{prefix}width"
         return (
-            sql.SQL("pg_catalog.floor(({})::numeric / {})::text").format(ref, sql.Placeholder(name)),
+            sql.SQL("COALESCE(pg_catalog.floor(({})::numeric / {})::text, {})").format(
+                ref, sql.Placeholder(name), null
+            ),
             {name: int(b.unit)},
         )
 
     def ranges(self, side: Side, buckets: list[str], prefix: str) -> tuple[sql.Composable, dict[str, Any]]:
         """Index-friendly bounds of a few buckets: (col >= lo AND col < hi) OR ..."""
         b = self.bucketing
-        if b.column is None or not buckets or len(buckets) > RANGE_PREDICATES_MAX:
+        if b.column is None or not buckets or len(buckets) > RANGE_PREDICATES_MAX or NULL_BUCKET in buckets:
             return sql.SQL("true"), {}
         column = side.col(b.column)
         ref = sql.SQL("t.{}").format(sql.Identifier(b.column))
