@@ -523,6 +523,13 @@ def retention_run(flow: str, dry_run: bool, dsn: str | None, as_json: bool) -> N
 @click.option(
     "--bucket-by", metavar="COL:day|hour|N", help="Buckets by time or by a width (default: key hash)."
 )
+@click.option(
+    "--tolerance",
+    "tolerances",
+    multiple=True,
+    metavar="COL=abs:N|rel:N|precision:UNIT",
+    help="Ad hoc: a column's tolerance (default exact); UNIT second, minute ...",
+)
 @click.option("--mode", type=click.Choice(reconcile_module.MODES), default="strict", show_default=True)
 @click.option("--max-rows", type=click.IntRange(min=0), default=100, show_default=True, help="Rows listed.")
 @click.option("--history", "show_history", is_flag=True, help="List past runs (of NAME, or all).")
@@ -540,6 +547,7 @@ def reconcile(
     columns: str | None,
     slices: tuple[str, ...],
     bucket_by: str | None,
+    tolerances: tuple[str, ...],
     mode: str,
     max_rows: int,
     show_history: bool,
@@ -552,7 +560,7 @@ def reconcile(
     NAME runs a registered pair, --all all of them; --source/--target/--key compare
     two relations ad hoc. Exit 0 when every pair passes, 1 when one does not.
     """
-    adhoc = any((source, target, key, columns, slices, bucket_by))
+    adhoc = any((source, target, key, columns, slices, bucket_by, tolerances))
     if show_history:
         with db.connection(dsn, autocommit=True) as conn:
             rows = reconcile_module.history(conn, name)
@@ -582,13 +590,16 @@ def reconcile(
                     str(target),
                     _csv(key) or [],
                     _csv(columns),
-                    _slices(slices),
+                    _pairs("--slice", slices),
                     bucket_by,
+                    _pairs("--tolerance", tolerances),
                     **options,
                 )
             ]
     if as_json:
         output.echo_json([r.as_dict() for r in results])
+    elif not results:
+        click.echo("no registered reconcile pairs")
     else:
         for r in results:
             _print_result(r)
@@ -600,12 +611,12 @@ def _csv(text: str | None) -> list[str] | None:
     return [part.strip() for part in text.split(",")] if text else None
 
 
-def _slices(items: tuple[str, ...]) -> dict[str, str]:
+def _pairs(option: str, items: tuple[str, ...]) -> dict[str, str]:
     out = {}
     for item in items:
         column, sep, value = item.partition("=")
         if not sep or not column:
-            raise UsageError(f"--slice {item!r} is not COL=VALUE")
+            raise UsageError(f"{option} {item!r} is not COL=VALUE")
         out[column] = value
     return out
 
