@@ -388,7 +388,14 @@ def _run_check(conn: psycopg.Connection[Any], check: Check, values: ParamValues)
 
 
 def _relation_exists(conn: psycopg.Connection[Any], name: str) -> bool:
-    row = conn.execute("SELECT pg_catalog.to_regclass(%s) IS NOT NULL", (name,)).fetchone()
+    """Whether schema.name exists, read from the catalogs (to_regclass raises on a schema without USAGE)."""
+    schema, _, relation = name.partition(".")
+    row = conn.execute(
+        "SELECT EXISTS (SELECT FROM pg_catalog.pg_class c"
+        " JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace"
+        " WHERE n.nspname = %s AND c.relname = %s)",
+        (schema, relation),
+    ).fetchone()
     return bool(row and row[0])
 
 
