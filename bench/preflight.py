@@ -60,7 +60,10 @@ def main() -> None:
     with common.scratch_database(args.dsn, "ks_bench_preflight", args.keep) as dsn:
         prepare(dsn, args.rows)
         keyshift_run(dsn, "all")  # warm the cache and the imports alike for both sides
-        for step, target in (("all", 1.25), ("any", 1.25)):
+        # --for all is dominated by the scans, so its ratio shows the runner's overhead; --for any
+        # is catalog checks of a few ms each, where the fixed per-check cost (a savepoint, the
+        # requires look-ups) dominates the ratio: its target is on the time itself (notes).
+        for step, target in (("all", 1.25), ("any", None)):
             runs, floors, per_check = [], [], {}
             for _ in range(args.runs):
                 seconds, report = keyshift_run(dsn, step)
@@ -69,15 +72,18 @@ def main() -> None:
                 for r in report.results:
                     per_check.setdefault(r.id, []).append(r.seconds)
             slowest = sorted(per_check.items(), key=lambda kv: -sorted(kv[1])[len(kv[1]) // 2])[:2]
-            figures.append(
-                common.Figure(
-                    f"preflight --for {step} ({len(report.results)} checks)",
-                    "s",
-                    runs,
-                    floors,
-                    notes="slowest: " + ", ".join(f"{k} {sorted(v)[len(v) // 2]:.3f} s" for k, v in slowest),
-                ).check("<=", target)
+            figure = common.Figure(
+                f"preflight --for {step} ({len(report.results)} checks)",
+                "s",
+                runs,
+                floors,
+                notes="slowest: " + ", ".join(f"{k} {sorted(v)[len(v) // 2]:.3f} s" for k, v in slowest),
             )
+            if target is not None:
+                figure.check("<=", target)
+            else:
+                figure.target, figure.met = "< 1 s", figure.median < 1.0
+            figures.append(figure)
     inputs: dict[str, Any] = {
         "rows": args.rows,
         "runs": args.runs,

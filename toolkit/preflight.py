@@ -432,7 +432,7 @@ class ParamValues:
         """The chain this keyshift ships, its head, and the revisions the database has applied."""
         from toolkit import migrate
 
-        script = migrate.script()
+        script = _script()
         current = migrate.current_revision(self.conn)
         try:
             lineage = [r.revision for r in script.iterate_revisions(current, "base")] if current else []
@@ -443,6 +443,14 @@ class ParamValues:
             "@head_revision": script.get_current_head(),
             "@lineage": lineage,
         }
+
+
+@functools.lru_cache(maxsize=1)
+def _script() -> Any:
+    """Alembic's view of the revisions this keyshift ships (read once per process)."""
+    from toolkit import migrate
+
+    return migrate.script()
 
 
 class _DefineSetting(visitors.Visitor):
