@@ -223,7 +223,9 @@ def test_trace_finds_a_rewrite_and_a_lock_over_budget(empty_dsn: str) -> None:
         (4, "public.bars", "SHARE UPDATE EXCLUSIVE")
     ]
     findings = lint.trace_findings(trace)
-    assert {(f.rule, f.file, f.revision) for f in findings} == {("lock_budget", "scratch.py", "scratch")}
+    assert {(f.rule, f.file, f.revision) for f in findings} == {
+        ("lock_budget", "scratch.py (offline SQL)", "scratch")
+    }
     details = sorted(f.detail for f in findings)
     assert details == [
         "ACCESS EXCLUSIVE on public.bars exceeds LOCK_BUDGET SHARE ROW EXCLUSIVE",

@@ -381,7 +381,7 @@ def trace_findings(trace: RevisionTrace) -> list[Finding]:
         Finding(
             rule.id,
             rule.severity,
-            trace.path,
+            f"{trace.path} (offline SQL)",  # lines are those of the offline SQL
             v["line"],
             v["statement"],
             v["detail"],
