@@ -755,7 +755,8 @@ def _print_lint(report: Any, traces: list[Any]) -> None:
     for trace in traces:
         budget = f" (LOCK_BUDGET {trace.budget})" if trace.budget else ""
         output.heading(
-            f"revision {trace.revision}: locks on tables that existed before it{budget} (lines of its offline SQL)"
+            f"revision {trace.revision}: locks on tables that existed before it{budget}"
+            " (lines of its offline SQL)"
         )
         locks = [{**lock, "observed": "yes"} for lock in trace.locks]
         locks += [{**lock, "observed": "no (outside a transaction)"} for lock in trace.unobserved]
