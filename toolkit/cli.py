@@ -745,11 +745,12 @@ def lint(paths: tuple[Path, ...], revisions: bool, trace_locks: bool, dsn: str |
     --trace-locks needs a server (--dsn) where it may create a database.
     """
     from toolkit import lint as lint_module
+    from toolkit.lint_rules import lock_budget
 
     report = lint_module.lint(paths, revisions=revisions)
-    traces = lint_module.trace_locks(dsn) if trace_locks else []
+    traces = lock_budget.trace_locks(dsn) if trace_locks else []
     for trace in traces:
-        report.findings.extend(trace.findings)
+        report.findings.extend(lint_module.trace_findings(trace))
     if as_json:
         data = report.as_dict()
         if trace_locks:
@@ -764,7 +765,10 @@ def lint(paths: tuple[Path, ...], revisions: bool, trace_locks: bool, dsn: str |
 def _print_lint(report: Any, traces: list[Any]) -> None:
     for trace in traces:
         budget = f" (LOCK_BUDGET {trace.budget})" if trace.budget else ""
-        output.heading(f"revision {trace.revision}: locks on tables that existed before it{budget}")
+        output.heading(
+            f"revision {trace.revision}: locks on tables that existed before it{budget}"
+            " (lines of its offline SQL)"
+        )
         locks = [{**lock, "observed": "yes"} for lock in trace.locks]
         locks += [{**lock, "observed": "no (outside a transaction)"} for lock in trace.unobserved]
         click.echo(
