@@ -116,6 +116,37 @@ def view_dxy(conn: psycopg.Connection[Any]) -> tuple[int, int]:
     return int(row[0]), int(row[1])
 
 
+def kill_when_waiting(
+    dsn: str, admin: psycopg.Connection[Any], function: str, call: Callable[[], Any]
+) -> None:
+    """Run ``call`` in a thread until its backend waits on a lock inside ``function``, then kill that backend."""
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            call()
+        except BaseException as exc:  # the killed connection
+            errors.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    pid = None
+    for _ in range(200):
+        found = admin.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+            " AND wait_event_type = 'Lock' AND query LIKE %s",
+            (f"%{function}%",),
+        ).fetchone()
+        if found:
+            pid = found[0]
+            break
+        time.sleep(0.05)
+    assert pid is not None, f"{function} never waited on the lock"
+    admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+    thread.join()
+    assert errors and isinstance(errors[0], psycopg.OperationalError)
+
+
 # ---------------------------------------------------------------- revision
 
 
@@ -218,31 +249,10 @@ def test_copy_resumes_after_being_killed_mid_batch(dsn: str) -> None:
             " VALUES ('DXY_ICE_INDEX', '1m', %s, 0, 0, 0, 0)",
             (row[0],),
         )
-        errors: list[BaseException] = []
-
-        def run() -> None:
-            try:
-                relocation.copy(dsn, "dxy", batch_size=1000)
-            except BaseException as exc:  # the killed connection
-                errors.append(exc)
-
-        thread = threading.Thread(target=run)
-        thread.start()
-        pid = None
-        for _ in range(200):
-            found = admin.execute(
-                "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
-                " AND wait_event_type = 'Lock' AND query LIKE '%%relocation_copy_batch%%'"
-            ).fetchone()
-            if found:
-                pid = found[0]
-                break
-            time.sleep(0.05)
-        assert pid is not None, "the copy never waited on the blocked key"
-        admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
-        thread.join()
+        kill_when_waiting(
+            dsn, admin, "relocation_copy_batch", lambda: relocation.copy(dsn, "dxy", batch_size=1000)
+        )
         blocker.execute("ROLLBACK")
-        assert errors and isinstance(errors[0], psycopg.OperationalError)
         state = admin.execute(
             "SELECT status, rows_done, last_key FROM keyshift.flow_state WHERE flow = 'relocation.dxy_1m_bars.copy'"
         ).fetchone()
@@ -462,31 +472,10 @@ def test_purge_killed_mid_batch_leaves_every_bar_somewhere(dsn: str) -> None:
         # The first batch deletes its rows, then waits to dead-letter the lost bar.
         blocker.execute("BEGIN")
         blocker.execute("LOCK TABLE keyshift.dead_letters IN EXCLUSIVE MODE")
-        errors: list[BaseException] = []
-
-        def run() -> None:
-            try:
-                relocation.purge(dsn, "dxy", batch_size=1000)
-            except BaseException as exc:
-                errors.append(exc)
-
-        thread = threading.Thread(target=run)
-        thread.start()
-        pid = None
-        for _ in range(200):
-            found = admin.execute(
-                "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
-                " AND wait_event_type = 'Lock' AND query LIKE '%%relocation_purge_batch%%'"
-            ).fetchone()
-            if found:
-                pid = found[0]
-                break
-            time.sleep(0.05)
-        assert pid is not None, "the purge never reached the dead letter"
-        admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
-        thread.join()
+        kill_when_waiting(
+            dsn, admin, "relocation_purge_batch", lambda: relocation.purge(dsn, "dxy", batch_size=1000)
+        )
         blocker.execute("ROLLBACK")
-        assert errors and isinstance(errors[0], psycopg.OperationalError)
         assert all_keys(admin) == keys
         assert admin.execute(f"SELECT count(*) {DXY_SOURCE}").fetchone() == (n,)
         assert step(admin) == "purging"

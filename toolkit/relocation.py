@@ -207,6 +207,23 @@ def switch(dsn: str | None, which: str, reason: str) -> dict[str, Any]:
     return {"relocation": rel.name, "rows": int(rows["n"]), **state, "soak_window": soak}
 
 
+def _keyset_batches(
+    conn: psycopg.Connection[Any], rel: Relocation, kind: str, limit: int, summed: tuple[str, ...]
+) -> dict[str, int]:
+    """Call a batch function (p_after, p_limit) one transaction at a time until it returns no key."""
+    totals = dict.fromkeys(("batches", *summed), 0)
+    cursor = None
+    while True:
+        with conn.transaction():
+            row = _one(conn, sql.SQL("SELECT * FROM {}(%s, %s)").format(_fn(rel, kind)), (cursor, limit))
+        if row["last_key"] is None:
+            return totals
+        totals["batches"] += 1
+        for key in summed:
+            totals[key] += int(row[key])
+        cursor = row["last_key"]
+
+
 def cleanup(
     dsn: str | None,
     which: str,
@@ -226,25 +243,12 @@ def cleanup(
             start = _one(
                 conn, sql.SQL("SELECT {}(%s, %s) AS s").format(_fn(rel, "cleanup_start")), (force, reason)
             )["s"]
-        marked, batches, cursor = 0, 0, None
-        while True:
-            with conn.transaction():
-                row = _one(
-                    conn,
-                    sql.SQL("SELECT * FROM {}(%s, %s)").format(_fn(rel, "cleanup_batch")),
-                    (cursor, limit),
-                )
-            if row["last_key"] is None:
-                break
-            batches += 1
-            marked += int(row["rows_marked"])
-            cursor = row["last_key"]
+        totals = _keyset_batches(conn, rel, "cleanup_batch", limit, ("rows_marked",))
         state = _one(conn, "SELECT step, cleaned_at FROM keyshift.relocations WHERE name = %s", (rel.name,))
         return {
             "relocation": rel.name,
             **start,
-            "rows_marked": marked,
-            "batches": batches,
+            **totals,
             **state,
             **counts(conn, rel),
         }
@@ -262,25 +266,14 @@ def purge(
             resumed = _one(conn, sql.SQL("SELECT {}(%s) AS r").format(_fn(rel, "purge_start")), (reason,))[
                 "r"
             ]
-        deleted, kept, batches, cursor = 0, 0, 0, None
-        while True:
-            with conn.transaction():
-                row = _one(
-                    conn, sql.SQL("SELECT * FROM {}(%s, %s)").format(_fn(rel, "purge_batch")), (cursor, limit)
-                )
-            if row["last_key"] is None:
-                break
-            batches += 1
-            deleted += int(row["rows_deleted"])
-            kept += int(row["rows_kept"])
-            cursor = row["last_key"]
+        totals = _keyset_batches(conn, rel, "purge_batch", limit, ("rows_deleted", "rows_kept"))
         state = _one(conn, "SELECT step, purged_at FROM keyshift.relocations WHERE name = %s", (rel.name,))
         return {
             "relocation": rel.name,
             "resumed": resumed,
-            "rows_deleted": deleted,
-            "rows_dead_lettered": kept,
-            "batches": batches,
+            "rows_deleted": totals["rows_deleted"],
+            "rows_dead_lettered": totals["rows_kept"],
+            "batches": totals["batches"],
             **state,
             **counts(conn, rel),
         }

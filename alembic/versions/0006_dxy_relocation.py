@@ -80,7 +80,10 @@ WRITE = dict(
     cursor_column="ts",
     target_unique=["instrument_key", "timeframe", "ts"],
     source_stamp="computed_at",
-    description="Write one DXY 1m bar (upsert): data_bars, and derived_data_bars until cleanup; returns the relocation step",
+    description=(
+        "Write one DXY 1m bar (upsert): data_bars, and derived_data_bars until cleanup; "
+        "returns the relocation step"
+    ),
 )
 
 
