@@ -55,8 +55,12 @@ def lookup(which: str) -> Relocation:
         raise UsageError(f"no relocation {which!r}; known: {', '.join(sorted(RELOCATIONS))}") from None
 
 
+def _fn_name(rel: Relocation, kind: str) -> str:
+    return f"relocation_{kind}__{rel.name}"
+
+
 def _fn(rel: Relocation, kind: str) -> sql.Composed:
-    return sql.SQL("keyshift.{}").format(sql.Identifier(f"relocation_{kind}__{rel.name}"))
+    return sql.SQL("keyshift.{}").format(sql.Identifier(_fn_name(rel, kind)))
 
 
 def _one(conn: psycopg.Connection[Any], query: Any, params: tuple[Any, ...] = ()) -> dict[str, Any]:
@@ -190,21 +194,24 @@ def copy(dsn: str | None, which: str, batch_size: int | None = None, reason: str
     return result
 
 
+def _view_change(conn: psycopg.Connection[Any], rel: Relocation, kind: str, reason: str) -> dict[str, Any]:
+    """Call the switch or rollback function: one transaction that replaces the reader view."""
+    with conn.transaction():
+        # The view's ACCESS EXCLUSIVE lock waits for running readers; a short
+        # lock_timeout keeps new readers from queueing behind it for long.
+        conn.execute("SET LOCAL lock_timeout = '5s'")
+        return _one(conn, sql.SQL("SELECT * FROM {}(%s)").format(_fn(rel, kind)), (reason,))
+
+
 def switch(dsn: str | None, which: str, reason: str) -> dict[str, Any]:
     """Readers to the target, in the transaction that records it (refused unless every day matches)."""
     rel = lookup(which)
     with db.connection(dsn, autocommit=True) as conn:
         _require(conn, rel)
-        with conn.transaction():
-            # The view's ACCESS EXCLUSIVE lock waits for running readers; do not
-            # queue every new reader behind it for long.
-            conn.execute("SET LOCAL lock_timeout = '5s'")
-            rows = _one(
-                conn, sql.SQL("SELECT {}(%s) AS n").format(_fn(rel, "switch")), (_reason(reason, "switch"),)
-            )
+        rows = _view_change(conn, rel, "switch", _reason(reason, "switch"))
         state = _one(conn, "SELECT step, switched_at FROM keyshift.relocations WHERE name = %s", (rel.name,))
         soak = _setting(conn, _require(conn, rel)["soak_setting"])
-    return {"relocation": rel.name, "rows": int(rows["n"]), **state, "soak_window": soak}
+    return {"relocation": rel.name, "rows": int(rows[_fn_name(rel, "switch")]), **state, "soak_window": soak}
 
 
 def _keyset_batches(
@@ -284,13 +291,7 @@ def rollback(dsn: str | None, which: str, reason: str) -> dict[str, Any]:
     rel = lookup(which)
     with db.connection(dsn, autocommit=True) as conn:
         _require(conn, rel)
-        with conn.transaction():
-            conn.execute("SET LOCAL lock_timeout = '5s'")
-            row = _one(
-                conn,
-                sql.SQL("SELECT * FROM {}(%s)").format(_fn(rel, "rollback")),
-                (_reason(reason, "rollback"),),
-            )
+        row = _view_change(conn, rel, "rollback", _reason(reason, "rollback"))
         return {"relocation": rel.name, **row, "step": "rolled_back", **counts(conn, rel)}
 
 
