@@ -12,7 +12,7 @@ import psycopg
 import pytest
 
 from tests.legacy import seed_registry
-from toolkit import migrate, phases, relocation
+from toolkit import migrate, phases, reconcile, relocation
 
 START = "2026-11-01 00:00:00+00"
 DAYS = 3
@@ -87,20 +87,9 @@ def write_bar(conn: psycopg.Connection[Any], ts: str, price: float = 42.0) -> st
     return str(row[0])
 
 
-def reconcile_run(conn: psycopg.Connection[Any], verdict: str) -> None:
-    """A reconciliation result, as the engine (issue 6) writes it."""
-    conn.execute(
-        "INSERT INTO keyshift.reconcile_runs (pair, source, target, mode, threshold, started_at, finished_at,"
-        " duration_ms, rows_source, rows_target, rows_matched, buckets_total, buckets_mismatched, match_ratio,"
-        " verdict) VALUES ('dxy_1m_bars', 'market.derived_data_bars', 'market.data_bars', 'strict', 1,"
-        " clock_timestamp(), clock_timestamp(), 1, 10, 10, %s, 3, %s, %s, %s)",
-        (
-            10 if verdict == "pass" else 9,
-            0 if verdict == "pass" else 1,
-            1 if verdict == "pass" else 0.9,
-            verdict,
-        ),
-    )
+def reconciled(conn: psycopg.Connection[Any]) -> str:
+    """Run the reconcile engine on the relocation's pair; its verdict."""
+    return reconcile.run_pair(conn, "dxy_1m_bars").verdict
 
 
 def switched(dsn: str) -> None:
@@ -215,7 +204,7 @@ def test_copy_equals_source_per_day_while_bars_are_written(dsn: str) -> None:
     assert written, "the writer wrote nothing while the copy ran"
     assert result["batches"] > 10
     assert result["mismatched_days"] == {}
-    assert result["preflight"] == ["dxy_source_duplicates"]
+    assert {"dxy_source_duplicates", "data_bars_unique_key"} <= set(result["preflight"])
     with connect(dsn) as conn:
         assert step(conn) == "copied"
         assert per_day(conn, DXY_TARGET) == per_day(conn, DXY_SOURCE)
@@ -273,7 +262,10 @@ def test_copy_refuses_duplicate_source_keys_and_changes_nothing(dsn: str, cli: C
         conn.execute(f"INSERT INTO market.derived_data_bars SELECT * {DXY_SOURCE} ORDER BY ts LIMIT 2")
     result = cli("relocate", "dxy", "copy", dsn=dsn)
     assert result.exit_code == 1
-    assert "pre-flight check dxy_source_duplicates failed for step dxy_copy (2 violations" in result.output
+    assert (
+        "pre-flight for dxy_copy failed: dxy_source_duplicates (dxy_source_duplicates: 2 violation(s)"
+        in result.output
+    )
     assert "Traceback" not in result.output
     with connect(dsn) as conn:
         assert step(conn) == "installed"
@@ -290,8 +282,12 @@ def test_copy_refuses_without_the_unique_index(new_db: Callable[..., str], cli: 
         )
     result = cli("relocate", "dxy", "copy", dsn=dsn)
     assert result.exit_code == 1
-    assert "market.data_bars has no valid unique index over (instrument_key, timeframe, ts)" in result.output
+    assert "pre-flight for dxy_copy failed: data_bars_unique_key" in result.output
     with connect(dsn) as conn:
+        assert step(conn) == "installed"
+        # The same guard holds in SQL, for a caller that skips the pre-flight.
+        with pytest.raises(psycopg.Error, match="market.data_bars has no valid unique index over"):
+            conn.execute("SELECT keyshift.relocation_copy_start__dxy_1m_bars('no pre-flight')")
         assert step(conn) == "installed"
 
 
@@ -314,7 +310,7 @@ def test_write_function_writes_where_the_step_says(dsn: str) -> None:
         src = conn.execute(f"SELECT {BAR} {DXY_SOURCE} AND {both}").fetchall()
         dst = conn.execute(f"SELECT {BAR} {DXY_TARGET} AND {both}").fetchall()
         assert src == dst and len(src) == 3 and src[1][1] == "50"
-        reconcile_run(conn, "pass")
+        assert reconciled(conn) == "pass"
     relocation.cleanup(dsn, "dxy", force=True, reason="test: soak skipped")
     with connect(dsn) as conn:
         assert write_bar(conn, "2026-12-01 00:03:00+00") == "cleaned"
@@ -395,27 +391,30 @@ def test_switch_refused_before_the_copy_and_when_a_day_differs(dsn: str, cli: Ca
 def test_cleanup_refused_inside_the_soak_window_and_without_a_passing_reconciliation(
     dsn: str, cli: Callable[..., Any]
 ) -> None:
-    switched(dsn)
+    relocation.copy(dsn, "dxy", batch_size=5000)
     with connect(dsn) as conn:
-        reconcile_run(conn, "pass")  # before the switch: does not count
-        conn.execute("UPDATE keyshift.reconcile_runs SET started_at = started_at - interval '1 hour'")
+        assert reconciled(conn) == "pass"  # before the switch: does not count
+    relocation.switch(dsn, "dxy", "test switch")
     result = cli("relocate", "dxy", "cleanup", dsn=dsn)
     assert result.exit_code == 1 and "no reconciliation of pair dxy_1m_bars since the switch" in result.output
     with connect(dsn) as conn:
-        reconcile_run(conn, "pass")
+        assert reconciled(conn) == "pass"
     result = cli("relocate", "dxy", "cleanup", dsn=dsn)
     assert result.exit_code == 1
     assert "the soak window (24:00:00) ends at" in result.output and "from now" in result.output
     result = cli("relocate", "dxy", "cleanup", "--force", dsn=dsn)
     assert result.exit_code == 2 and "--force needs --reason" in result.output
+    bar = "UPDATE market.data_bars SET close = %s WHERE instrument_key = 'DXY_ICE_INDEX' AND ts = %s"
     with connect(dsn) as conn:
-        reconcile_run(conn, "fail")
+        conn.execute(bar, (0, START))
+        assert reconciled(conn) == "fail"
     result = cli("relocate", "dxy", "cleanup", "--force", "--reason", "in a hurry", dsn=dsn)
     assert result.exit_code == 1 and "failed: 1 of 3 buckets differ" in result.output
     with connect(dsn) as conn:
         assert step(conn) == "switched"
         assert conn.execute(f"SELECT count(relocated_at) {DXY_SOURCE}").fetchone() == (0,)
-        reconcile_run(conn, "pass")
+        conn.execute(bar, (100.5, START))
+        assert reconciled(conn) == "pass"
     result = cli(
         "relocate", "dxy", "cleanup", "--force", "--reason", "soak cut short", "--batch-size", "1000", dsn=dsn
     )
@@ -438,7 +437,7 @@ def test_cleanup_after_the_soak_window_needs_no_force(dsn: str) -> None:
     switched(dsn)
     with connect(dsn) as conn:
         conn.execute("SELECT keyshift.set_setting('dxy.soak_window', '0 seconds', 'test')")
-        reconcile_run(conn, "pass")
+        assert reconciled(conn) == "pass"
     result = relocation.cleanup(dsn, "dxy")
     assert result["forced"] is False and result["step"] == "cleaned"
     assert result["rows_marked"] == result["source_rows"] == result["source_marked"]
@@ -450,7 +449,7 @@ def test_cleanup_after_the_soak_window_needs_no_force(dsn: str) -> None:
 def cleaned(dsn: str) -> None:
     switched(dsn)
     with connect(dsn) as conn:
-        reconcile_run(conn, "pass")
+        assert reconciled(conn) == "pass"
     relocation.cleanup(dsn, "dxy", force=True, reason="test")
 
 

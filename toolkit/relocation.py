@@ -16,10 +16,9 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 
-from toolkit import db, migrate
+from toolkit import db, migrate, preflight
 from toolkit.control import require_control_schema
-from toolkit.errors import EXIT_FAIL, KeyshiftError, UsageError
-from toolkit.resources import checks_dir
+from toolkit.errors import UsageError
 
 
 @dataclass(frozen=True)
@@ -92,33 +91,6 @@ def _reason(reason: str, what: str) -> str:
     return reason
 
 
-# TODO(merge): replace with preflight.require(conn, step) once toolkit/preflight.py
-# (issue 7) is on main; until then the copy runs the step's check files itself.
-def _preflight(conn: psycopg.Connection[Any], step: str) -> list[str]:
-    """Run every checks/*.sql whose header lists ``step``, read-only; refuse on a violation."""
-    ran = []
-    for path in sorted(checks_dir().glob("*.sql")):
-        text = path.read_text(encoding="utf-8")
-        header = {
-            k.strip(): v.strip()
-            for k, _, v in (ln[2:].partition(":") for ln in text.splitlines() if ln.startswith("--"))
-        }
-        if step not in [s.strip() for s in header.get("steps", "").split(",")]:
-            continue
-        with conn.transaction(), conn.cursor() as cur:
-            cur.execute("SET TRANSACTION READ ONLY")
-            rows = cur.execute(text.encode()).fetchall()
-        ran.append(header.get("id", path.stem))
-        if rows and header.get("severity") == "error":
-            raise KeyshiftError(
-                f"pre-flight check {header.get('id', path.stem)} failed for step {step} "
-                f"({len(rows)} violations, first: {rows[0]}): {header.get('summary', '')}; "
-                f"remedy: {header.get('remedy', 'see ' + path.name)}",
-                EXIT_FAIL,
-            )
-    return ran
-
-
 def counts(conn: psycopg.Connection[Any], rel: Relocation) -> dict[str, Any]:
     return _one(
         conn,
@@ -162,7 +134,7 @@ def copy(dsn: str | None, which: str, batch_size: int | None = None, reason: str
     started = time.monotonic()
     with db.connection(dsn, autocommit=True) as conn:
         _require(conn, rel)
-        checks = _preflight(conn, rel.preflight_step)
+        checks = [r.id for r in preflight.require(conn, rel.preflight_step).results]
         limit = _batch_size(conn, rel, batch_size)
         with conn.transaction():
             mode = _one(conn, sql.SQL("SELECT {}(%s) AS m").format(_fn(rel, "copy_start")), (reason,))["m"]
