@@ -10,9 +10,10 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg import sql
 
 from tests.legacy import seed_registry
-from toolkit import migrate, phases, reconcile, relocation
+from toolkit import migrate, phases, reconcile, relocation, render
 
 START = "2026-11-01 00:00:00+00"
 DAYS = 3
@@ -612,3 +613,96 @@ def test_cli_bad_input_is_one_line_exit_2(dsn: str, cli: Callable[..., Any]) -> 
     assert result.exit_code == 2
     result = cli("relocate", "dxy", "status", dsn="host=127.0.0.1 port=1 dbname=nope connect_timeout=2")
     assert result.exit_code == 2 and result.output.count("\n") == 1 and "cannot connect" in result.output
+
+
+# ---------------------------------------------------------------- the templates, generic
+
+
+HOSTILE_SCHEMA = 'we"ird'
+
+
+def test_the_relocation_templates_work_with_hostile_names(new_db: Callable[..., str]) -> None:
+    """The same templates for another slice: odd identifiers, a non-default schema, a text slice value
+    with a quote; copy, write, switch and rollback run on a real server."""
+    dsn = new_db("control_schema")
+    q = 'CREATE SCHEMA "we""ird";'
+    q += ' CREATE TABLE "we""ird"."Old Bars" ("Sym" text, tf text, "t s" timestamptz, "va\'l" numeric,'
+    q += ' PRIMARY KEY ("Sym", tf, "t s"));'
+    q += ' CREATE TABLE "we""ird"."new-bars" (k text, tf text, "t s" timestamptz, "va\'l" numeric,'
+    q += ' PRIMARY KEY (k, tf, "t s"));'
+    q += ' CREATE VIEW "we""ird"."Readers" AS SELECT "Sym", "t s", "va\'l" FROM "we""ird"."Old Bars";'
+    q += " SELECT keyshift.define_setting('odd.soak_window', 'interval', '1 hour', 'test');"
+    insert = "INSERT INTO \"we\"\"ird\".\"Old Bars\" SELECT 'O''Neil', '1m', %s::timestamptz + m * interval '1 hour', m"
+    insert += " FROM generate_series(0, 99) m"
+    common = dict(
+        name="odd_slice",
+        source_schema=HOSTILE_SCHEMA,
+        source_table="Old Bars",
+        source_slice={"Sym": "O'Neil", "tf": "1m"},
+        target_schema=HOSTILE_SCHEMA,
+        target_table="new-bars",
+        target_slice={"k": "O'NEIL_X_INDEX", "tf": "1m"},
+        cursor_column="t s",
+        target_unique=["k", "tf", "t s"],
+    )
+    rendered = [
+        render.render("relocation_control"),
+        render.render(
+            "relocation",
+            carried_columns=["t s", "va'l"],
+            marker_column="moved at",
+            view_schema=HOSTILE_SCHEMA,
+            view_name="Readers",
+            reader_before='SELECT "Sym", "t s", "va\'l" FROM "we""ird"."Old Bars"',
+            reader_after='SELECT \'O\'\'Neil\'::text AS "Sym", "t s", "va\'l" FROM "we""ird"."new-bars"'
+            " WHERE k = 'O''NEIL_X_INDEX'",
+            soak_setting="odd.soak_window",
+            pair_spec=json.dumps({"source": f"{HOSTILE_SCHEMA}.Old Bars"}),
+            pair_description="odd",
+            registered_by="test",
+            **common,
+        ),
+        render.render(
+            "relocation_write",
+            function_schema=HOSTILE_SCHEMA,
+            function_name="Write Bar",
+            arguments=[["t s", "timestamptz"], ["va'l", "numeric"]],
+            defaults={},
+            source_stamp=None,
+            description="odd writer",
+            **common,
+        ),
+    ]
+
+    def call(conn: psycopg.Connection[Any], kind: str, *args: Any) -> tuple[Any, ...] | None:
+        query = sql.SQL("SELECT * FROM keyshift.{}({})").format(
+            sql.Identifier(f"relocation_{kind}__odd_slice"),
+            sql.SQL(", ").join([sql.Placeholder()] * len(args)),
+        )
+        return conn.execute(query, args).fetchone()
+
+    with connect(dsn) as conn:
+        conn.execute(q.encode())
+        conn.execute(insert.encode(), (START,))
+        for text in rendered:
+            conn.execute(text.encode())
+        assert call(conn, "copy_start", "go") == ("started",)
+        done = False
+        while not done:
+            row = call(conn, "copy_batch", 30)
+            assert row is not None
+            done, mismatched = row[3], row[5]
+            assert mismatched == 0
+        assert conn.execute(
+            'SELECT "we""ird"."Write Bar"(%s::timestamptz, 7)', ("2026-12-01",)
+        ).fetchone() == ("copied",)
+        moved = 'SELECT "t s", "va\'l" FROM "we""ird"."new-bars" ORDER BY 1'
+        kept = 'SELECT "t s", "va\'l" FROM "we""ird"."Old Bars" ORDER BY 1'
+        assert conn.execute(moved).fetchall() == conn.execute(kept).fetchall()
+        assert len(conn.execute(moved).fetchall()) == 101
+        assert call(conn, "switch", "switch") == (101,)
+        readers = conn.execute('SELECT "Sym", count(*) FROM "we""ird"."Readers" GROUP BY 1').fetchall()
+        assert readers == [("O'Neil", 101)]
+        assert call(conn, "rollback", "back") == (0, 0, 101, "switched")
+        assert conn.execute('SELECT count(*) FROM "we""ird"."new-bars"').fetchone() == (0,)
+        assert conn.execute('SELECT count(*) FROM "we""ird"."Readers"').fetchone() == (101,)
