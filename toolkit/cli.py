@@ -892,8 +892,9 @@ def dxy_copy(batch_size: int | None, reason: str, dsn: str | None, as_json: bool
         r,
         as_json,
         f"dxy copy{' (resumed)' if r['resumed'] else ''}: {r['rows_read']:,} rows read, "
-        f"{r['rows_inserted']:,} inserted in {r['batches']} batches, {r['days_checked']} days compared, "
-        f"{len(r['mismatched_days'])} differ; source {r['source_rows']:,}, target {r['target_rows']:,}; "
+        f"{r['rows_inserted']:,} inserted in {r['batches']} batches, "
+        f"{r['days_checked']} day counts compared, {len(r['mismatched_days'])} differ; "
+        f"source {r['source_rows']:,}, target {r['target_rows']:,}; "
         f"step {r['step']} ({r['seconds']:.1f} s)",
     )
     if r["mismatched_days"]:

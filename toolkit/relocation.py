@@ -54,8 +54,12 @@ def lookup(which: str) -> Relocation:
         raise UsageError(f"no relocation {which!r}; known: {', '.join(sorted(RELOCATIONS))}") from None
 
 
+def _fn_name(rel: Relocation, kind: str) -> str:
+    return f"relocation_{kind}__{rel.name}"
+
+
 def _fn(rel: Relocation, kind: str) -> sql.Composed:
-    return sql.SQL("keyshift.{}").format(sql.Identifier(f"relocation_{kind}__{rel.name}"))
+    return sql.SQL("keyshift.{}").format(sql.Identifier(_fn_name(rel, kind)))
 
 
 def _one(conn: psycopg.Connection[Any], query: Any, params: tuple[Any, ...] = ()) -> dict[str, Any]:
@@ -162,21 +166,41 @@ def copy(dsn: str | None, which: str, batch_size: int | None = None, reason: str
     return result
 
 
+def _view_change(conn: psycopg.Connection[Any], rel: Relocation, kind: str, reason: str) -> dict[str, Any]:
+    """Call the switch or rollback function: one transaction that replaces the reader view."""
+    with conn.transaction():
+        # The view's ACCESS EXCLUSIVE lock waits for running readers; a short
+        # lock_timeout keeps new readers from queueing behind it for long.
+        conn.execute("SET LOCAL lock_timeout = '5s'")
+        return _one(conn, sql.SQL("SELECT * FROM {}(%s)").format(_fn(rel, kind)), (reason,))
+
+
 def switch(dsn: str | None, which: str, reason: str) -> dict[str, Any]:
     """Readers to the target, in the transaction that records it (refused unless every day matches)."""
     rel = lookup(which)
     with db.connection(dsn, autocommit=True) as conn:
         _require(conn, rel)
-        with conn.transaction():
-            # The view's ACCESS EXCLUSIVE lock waits for running readers; do not
-            # queue every new reader behind it for long.
-            conn.execute("SET LOCAL lock_timeout = '5s'")
-            rows = _one(
-                conn, sql.SQL("SELECT {}(%s) AS n").format(_fn(rel, "switch")), (_reason(reason, "switch"),)
-            )
+        rows = _view_change(conn, rel, "switch", _reason(reason, "switch"))
         state = _one(conn, "SELECT step, switched_at FROM keyshift.relocations WHERE name = %s", (rel.name,))
         soak = _setting(conn, _require(conn, rel)["soak_setting"])
-    return {"relocation": rel.name, "rows": int(rows["n"]), **state, "soak_window": soak}
+    return {"relocation": rel.name, "rows": int(rows[_fn_name(rel, "switch")]), **state, "soak_window": soak}
+
+
+def _keyset_batches(
+    conn: psycopg.Connection[Any], rel: Relocation, kind: str, limit: int, summed: tuple[str, ...]
+) -> dict[str, int]:
+    """Call a batch function (p_after, p_limit) one transaction at a time until it returns no key."""
+    totals = dict.fromkeys(("batches", *summed), 0)
+    cursor = None
+    while True:
+        with conn.transaction():
+            row = _one(conn, sql.SQL("SELECT * FROM {}(%s, %s)").format(_fn(rel, kind)), (cursor, limit))
+        if row["last_key"] is None:
+            return totals
+        totals["batches"] += 1
+        for key in summed:
+            totals[key] += int(row[key])
+        cursor = row["last_key"]
 
 
 def cleanup(
@@ -198,25 +222,12 @@ def cleanup(
             start = _one(
                 conn, sql.SQL("SELECT {}(%s, %s) AS s").format(_fn(rel, "cleanup_start")), (force, reason)
             )["s"]
-        marked, batches, cursor = 0, 0, None
-        while True:
-            with conn.transaction():
-                row = _one(
-                    conn,
-                    sql.SQL("SELECT * FROM {}(%s, %s)").format(_fn(rel, "cleanup_batch")),
-                    (cursor, limit),
-                )
-            if row["last_key"] is None:
-                break
-            batches += 1
-            marked += int(row["rows_marked"])
-            cursor = row["last_key"]
+        totals = _keyset_batches(conn, rel, "cleanup_batch", limit, ("rows_marked",))
         state = _one(conn, "SELECT step, cleaned_at FROM keyshift.relocations WHERE name = %s", (rel.name,))
         return {
             "relocation": rel.name,
             **start,
-            "rows_marked": marked,
-            "batches": batches,
+            **totals,
             **state,
             **counts(conn, rel),
         }
@@ -234,25 +245,14 @@ def purge(
             resumed = _one(conn, sql.SQL("SELECT {}(%s) AS r").format(_fn(rel, "purge_start")), (reason,))[
                 "r"
             ]
-        deleted, kept, batches, cursor = 0, 0, 0, None
-        while True:
-            with conn.transaction():
-                row = _one(
-                    conn, sql.SQL("SELECT * FROM {}(%s, %s)").format(_fn(rel, "purge_batch")), (cursor, limit)
-                )
-            if row["last_key"] is None:
-                break
-            batches += 1
-            deleted += int(row["rows_deleted"])
-            kept += int(row["rows_kept"])
-            cursor = row["last_key"]
+        totals = _keyset_batches(conn, rel, "purge_batch", limit, ("rows_deleted", "rows_kept"))
         state = _one(conn, "SELECT step, purged_at FROM keyshift.relocations WHERE name = %s", (rel.name,))
         return {
             "relocation": rel.name,
             "resumed": resumed,
-            "rows_deleted": deleted,
-            "rows_dead_lettered": kept,
-            "batches": batches,
+            "rows_deleted": totals["rows_deleted"],
+            "rows_dead_lettered": totals["rows_kept"],
+            "batches": totals["batches"],
             **state,
             **counts(conn, rel),
         }
@@ -263,13 +263,7 @@ def rollback(dsn: str | None, which: str, reason: str) -> dict[str, Any]:
     rel = lookup(which)
     with db.connection(dsn, autocommit=True) as conn:
         _require(conn, rel)
-        with conn.transaction():
-            conn.execute("SET LOCAL lock_timeout = '5s'")
-            row = _one(
-                conn,
-                sql.SQL("SELECT * FROM {}(%s)").format(_fn(rel, "rollback")),
-                (_reason(reason, "rollback"),),
-            )
+        row = _view_change(conn, rel, "rollback", _reason(reason, "rollback"))
         return {"relocation": rel.name, **row, "step": "rolled_back", **counts(conn, rel)}
 
 
