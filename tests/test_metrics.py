@@ -46,6 +46,12 @@ def test_metrics_equal_what_the_database_holds(cli: Callable, new_db: Callable[.
         conn.execute(
             "SELECT keyshift.dead_letter('memberships', 'INSERT', '{\"k\": 1}', '{}', 'unmapped token')"
         )
+        conn.execute(
+            "INSERT INTO market.derived_data_bars (symbol, timeframe, ts, open, high, low, close)"
+            " VALUES ('DXY', '1m', now() - interval '90 seconds', 104, 104, 104, 104),"
+            " ('DXY', '1m', now() - interval '1 hour', 104, 104, 104, 104),"
+            " ('DXY', '5m', now(), 104, 104, 104, 104)"  # not a 1m bar: does not count
+        )
         expected_rows = conn.execute(
             "SELECT table_schema || '.' || table_name, rows_updated, rows_dead_lettered, status"
             " FROM keyshift.backfill_state"
@@ -83,6 +89,7 @@ def test_metrics_equal_what_the_database_holds(cli: Callable, new_db: Callable[.
     assert m[("keyshift_reconcile_match_ratio", (("pair", "memberships"),))] == 0.875
     assert m[("keyshift_reconcile_passed", (("pair", "memberships"),))] == 0
     assert 86400 <= m[("keyshift_reconcile_age_seconds", (("pair", "memberships"),))] < 86460
+    assert 90 <= m[("keyshift_dxy_staleness_seconds", ())] < 150
 
 
 def test_textfile_is_written_for_node_exporter(cli: Callable, head_dsn: str, tmp_path: Path) -> None:  # type: ignore[type-arg]

@@ -89,12 +89,15 @@ def step_upgrade(ctx: Context) -> dict[str, Any]:
 
 
 def step_preflight(ctx: Context) -> dict[str, Any]:
-    checks = importlib.import_module("toolkit.checks")
+    """The pre-flight checks of the backfill (toolkit.preflight, issue 7)."""
+    preflight = importlib.import_module("toolkit.preflight")
     with ctx.connect() as conn:
-        results = [preflight_row(r if isinstance(r, dict) else vars(r)) for r in checks.run(conn)]
-    errors = [r["id"] for r in results if not r["passed"] and r["severity"] == "error"]
-    expect(not errors, f"pre-flight errors: {', '.join(errors)}")
-    return {"checks": len(results), "failed": sum(1 for r in results if not r["passed"])}
+        report = preflight.run(conn, "backfill")
+    rows = [preflight_row(vars(r)) for r in report.results]
+    blocking = [r["id"] for r in rows if r["blocking"]]
+    expect(not blocking, f"pre-flight errors: {', '.join(blocking)}")
+    return {"checks": len(rows), "passed": sum(1 for r in rows if r["passed"]),
+            "warnings": sum(1 for r in rows if not r["passed"] and not r["blocking"])}  # fmt: skip
 
 
 def step_registry(ctx: Context) -> dict[str, Any]:
@@ -166,7 +169,8 @@ def _reused_token_split(ctx: Context) -> dict[str, int]:
     return {r[0]: r[1] for r in rows}
 
 
-def _run_reconcile(ctx: Context) -> dict[str, Any]:
+def step_reconcile(ctx: Context) -> dict[str, Any]:
+    """Every registered pair (toolkit.reconcile, issue 6): each verdict must pass."""
     reconcile = importlib.import_module("toolkit.reconcile")
     with ctx.connect() as conn:
         results = reconcile.run_all(conn)
@@ -227,6 +231,35 @@ def step_memberships(ctx: Context) -> dict[str, Any]:
             "registry_rows": counts["registry_rows"], "dual_writes": 2}  # fmt: skip
 
 
+def step_dxy(ctx: Context) -> dict[str, Any]:
+    """DXY 1m bars: batched copy, reader switch, health (toolkit.relocation, issue 5)."""
+    relocation = importlib.import_module("toolkit.relocation")
+    copied = relocation.copy(ctx.dsn, "dxy", reason=REASON)
+    expect(not copied["mismatched_days"], f"DXY days differ after the copy: {copied['mismatched_days']}")
+    switched = relocation.switch(ctx.dsn, "dxy", REASON)
+    health = relocation.health(ctx.dsn, "dxy")
+    bad = [c["check"] for c in health["checks"] if not c["ok"]]
+    expect(health["ok"], f"DXY health failed: {', '.join(bad)}")
+    return {"copied": copied["rows_inserted"], "days_checked": copied["days_checked"],
+            "switched_rows": switched["rows"], "health_checks": len(health["checks"])}  # fmt: skip
+
+
+def step_dxy_cleanup_refused(ctx: Context) -> dict[str, Any]:
+    """Cleanup of the old DXY rows must be refused inside the soak window, changing nothing."""
+    relocation = importlib.import_module("toolkit.relocation")
+    source = "SELECT count(*) FROM market.derived_data_bars WHERE symbol = 'DXY' AND timeframe = '1m'"
+    before = ctx.scalar(source)
+    try:
+        relocation.cleanup(ctx.dsn, "dxy", reason=REASON)
+    except KeyshiftError as exc:
+        refusal = exc.message
+    else:
+        raise VerdictFailed("cleanup ran inside the soak window")
+    expect(ctx.scalar(source) == before, "the refused cleanup changed the source rows")
+    expect("soak" in refusal, f"cleanup refused for another reason: {refusal}")
+    return {"refused": refusal[:80], "source_rows_kept": before}
+
+
 @dataclass(frozen=True)
 class Step:
     name: str
@@ -239,21 +272,20 @@ class Step:
         return all(importlib.util.find_spec(m) is not None for m in self.needs)
 
 
-# The DXY steps call the relocation module once it lands (issue 5).
-DXY = "toolkit.dxy"
+DXY = "toolkit.relocation"
 STEPS: tuple[Step, ...] = (
     Step("legacy database", step_legacy),
     Step("upgrade (revisions before the contract)", step_upgrade),
-    Step("pre-flight", step_preflight, ("toolkit.checks",)),
+    Step("pre-flight", step_preflight, ("toolkit.preflight",)),
     Step("registry import", step_registry),
     Step("backfill with a concurrent writer", step_backfill),
-    Step("reconciliation", _run_reconcile, ("toolkit.reconcile",)),
+    Step("reconciliation", step_reconcile, ("toolkit.reconcile",)),
     Step("phase change to key_primary", step_phase),
     Step("upgrade to head", step_head),
     Step("memberships sync and dual-write", step_memberships),
-    Step("DXY copy, switch, health", None, (DXY,)),
-    Step("DXY cleanup refused inside the soak window", None, (DXY,)),
-    Step("final reconciliation", _run_reconcile, ("toolkit.reconcile",)),
+    Step("DXY copy, switch, health", step_dxy, (DXY,)),
+    Step("DXY cleanup refused inside the soak window", step_dxy_cleanup_refused, (DXY,)),
+    Step("final reconciliation", step_reconcile, ("toolkit.reconcile",)),
 )
 
 
