@@ -82,7 +82,7 @@ def test_demo_on_a_server_drops_its_scratch_database(
     before = demo_databases(pg_server)
     result = cli("demo", "--rows", ROWS, dsn=pg_server.dsn())
     assert_exit_reflects_steps(result.exit_code, result.stdout)
-    assert "rows migrated" in result.stdout and "open dead letters" in result.stdout
+    assert "rows migrated (backfill)" in result.stdout and "open dead letters" in result.stdout
     assert demo_databases(pg_server) == before
 
 

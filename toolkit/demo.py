@@ -169,16 +169,28 @@ def _reused_token_split(ctx: Context) -> dict[str, int]:
     return {r[0]: r[1] for r in rows}
 
 
-def step_reconcile(ctx: Context) -> dict[str, Any]:
-    """Every registered pair (toolkit.reconcile, issue 6): each verdict must pass."""
+def _reconcile(ctx: Context, kinds: tuple[str, ...] | None) -> dict[str, Any]:
+    """Registered pairs of these kinds, or all (toolkit.reconcile, issue 6): each verdict must pass."""
     reconcile = importlib.import_module("toolkit.reconcile")
     with ctx.connect() as conn:
-        results = reconcile.run_all(conn)
+        names = [p["name"] for p in reconcile.pairs(conn) if kinds is None or p["kind"] in kinds]
+        results = [reconcile.run_pair(conn, name) for name in names]
     verdicts = {str(_field(r, "pair")): str(_field(r, "verdict")) for r in results}
     failed = sorted(p for p, v in verdicts.items() if v != "pass")
-    expect(bool(verdicts), "no reconciliation pair is registered")
+    expect(bool(verdicts), f"no reconciliation pair of kind {', '.join(kinds or ('any',))} is registered")
     expect(not failed, f"reconciliation failed: {', '.join(failed)}")
-    return {"pairs": len(verdicts), "passed": len(verdicts) - len(failed)}
+    rows = sum(int(_field(r, "rows_source")) for r in results)
+    return {"pairs": len(verdicts), "passed": len(verdicts) - len(failed), "rows_compared": rows}
+
+
+def step_reconcile_keys(ctx: Context) -> dict[str, Any]:
+    """After the backfill: every token table's rows have the key the registry gives their token."""
+    return _reconcile(ctx, ("key_coverage",))
+
+
+def step_reconcile_all(ctx: Context) -> dict[str, Any]:
+    """Every registered pair (key coverage, memberships mapping, DXY relocation)."""
+    return _reconcile(ctx, None)
 
 
 def _field(result: Any, name: str) -> Any:
@@ -245,14 +257,15 @@ def step_dxy(ctx: Context) -> dict[str, Any]:
 
 
 def step_dxy_cleanup_refused(ctx: Context) -> dict[str, Any]:
-    """Cleanup of the old DXY rows must be refused inside the soak window, changing nothing."""
+    """Cleanup of the old DXY rows is refused inside the soak window, even after a passing
+    reconciliation (the guard's other condition), and changes nothing."""
     relocation = importlib.import_module("toolkit.relocation")
     source = "SELECT count(*) FROM market.derived_data_bars WHERE symbol = 'DXY' AND timeframe = '1m'"
     before = ctx.scalar(source)
     try:
         relocation.cleanup(ctx.dsn, "dxy", reason=REASON)
-    except KeyshiftError as exc:
-        refusal = exc.message
+    except (KeyshiftError, psycopg.Error) as exc:
+        refusal = exc.message if isinstance(exc, KeyshiftError) else db.describe_pg_error(exc)
     else:
         raise VerdictFailed("cleanup ran inside the soak window")
     expect(ctx.scalar(source) == before, "the refused cleanup changed the source rows")
@@ -276,16 +289,17 @@ DXY = "toolkit.relocation"
 STEPS: tuple[Step, ...] = (
     Step("legacy database", step_legacy),
     Step("upgrade (revisions before the contract)", step_upgrade),
-    Step("pre-flight", step_preflight, ("toolkit.preflight",)),
     Step("registry import", step_registry),
+    Step("pre-flight", step_preflight, ("toolkit.preflight",)),
     Step("backfill with a concurrent writer", step_backfill),
-    Step("reconciliation", step_reconcile, ("toolkit.reconcile",)),
+    Step("reconciliation of the keys", step_reconcile_keys, ("toolkit.reconcile",)),
     Step("phase change to key_primary", step_phase),
     Step("upgrade to head", step_head),
     Step("memberships sync and dual-write", step_memberships),
     Step("DXY copy, switch, health", step_dxy, (DXY,)),
+    Step("reconciliation of every pair", step_reconcile_all, ("toolkit.reconcile",)),
     Step("DXY cleanup refused inside the soak window", step_dxy_cleanup_refused, (DXY,)),
-    Step("final reconciliation", step_reconcile, ("toolkit.reconcile",)),
+    Step("final reconciliation", step_reconcile_all, ("toolkit.reconcile",)),
 )
 
 
