@@ -36,8 +36,12 @@ pytestmark = pytest.mark.slow
 
 
 def demo_databases(server: Server) -> set[str]:
+    """Scratch databases of demos run by this process (others may run demos on the server too)."""
     with psycopg.connect(server.dsn(), autocommit=True) as conn:
-        rows = conn.execute("SELECT datname FROM pg_database WHERE datname LIKE 'keyshift\\_demo\\_%'")
+        rows = conn.execute(
+            "SELECT datname FROM pg_database WHERE datname LIKE %s",
+            (f"keyshift\\_demo\\_%\\_{os.getpid()}",),
+        )
         return {r[0] for r in rows}
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -113,3 +115,33 @@ def test_bad_textfile_and_bare_database_exit_2(
     out = cli("metrics", dsn=empty_dsn)
     assert out.exit_code == 2
     assert "no keyshift control schema" in out.stderr
+
+
+def test_relocation_metrics_follow_the_relocation(cli: Callable, head_dsn: str) -> None:  # type: ignore[type-arg]
+    """Step and soak time left of each relocation (revision dxy_relocation, issue 5).
+
+    Before the relocation module is part of keyshift there is no relocation
+    table, and the metrics must show no relocation sample at all.
+    """
+    if importlib.util.find_spec("toolkit.relocation") is None:
+        m = parse(cli("metrics", dsn=head_dsn).stdout)
+        assert not [k for k in m if k[0].startswith("keyshift_relocation_")]
+        return
+    relocation = importlib.import_module("toolkit.relocation")
+    with psycopg.connect(head_dsn, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO market.derived_data_bars (symbol, timeframe, ts, open, high, low, close)"
+            " SELECT 'DXY', '1m', date_trunc('minute', now()) - m * interval '1 minute', 104, 104, 104, 104"
+            " FROM generate_series(0, 99) m"
+        )
+    m = parse(cli("metrics", dsn=head_dsn).stdout)
+    assert m[("keyshift_relocation_step", (("relocation", "dxy_1m_bars"), ("step", "installed")))] == 1
+    assert ("keyshift_relocation_soak_left_seconds", (("relocation", "dxy_1m_bars"),)) not in m
+    relocation.copy(head_dsn, "dxy")
+    relocation.switch(head_dsn, "dxy", "metrics test")
+    m = parse(cli("metrics", dsn=head_dsn).stdout)
+    assert m[("keyshift_relocation_step", (("relocation", "dxy_1m_bars"), ("step", "switched")))] == 1
+    assert (
+        86400 - 60 < m[("keyshift_relocation_soak_left_seconds", (("relocation", "dxy_1m_bars"),))] <= 86400
+    )
+    assert m[("keyshift_dxy_staleness_seconds", ())] < 120
