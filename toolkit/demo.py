@@ -270,7 +270,7 @@ def step_dxy_cleanup_refused(ctx: Context) -> dict[str, Any]:
         raise VerdictFailed("cleanup ran inside the soak window")
     expect(ctx.scalar(source) == before, "the refused cleanup changed the source rows")
     expect("soak" in refusal, f"cleanup refused for another reason: {refusal}")
-    return {"refused": refusal[:80], "source_rows_kept": before}
+    return {"refused": refusal.split(";")[0], "source_rows_kept": before}
 
 
 @dataclass(frozen=True)
