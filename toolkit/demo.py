@@ -428,7 +428,7 @@ def run(
             echo("no database configured: starting an embedded Postgres from the local binaries")
             server = stack.enter_context(embedded.server())
         target = stack.enter_context(scratch_database(server, keep, echo))
-        workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="keyshift-demo-")))
+        workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=embedded.temp_prefix())))
         ctx = Context(target, demo_data.plan(rows), workdir)
         echo(f"demo database {db.describe_target(target)}, {ctx.plan.rows:,} legacy bars")
         outcomes = run_steps(ctx, steps, echo)

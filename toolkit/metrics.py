@@ -45,8 +45,11 @@ SELECT DISTINCT ON (pair) pair, match_ratio::float8 AS match_ratio, verdict,
 # Relocations (revision dxy_relocation, issue 5): the step and the soak time left.
 _RELOCATIONS = """
 SELECT name, step,
-       extract(epoch FROM greatest(switched_at + keyshift.setting(soak_setting)::interval - pg_catalog.now(),
-                                   interval '0'))::float8 AS soak_left_seconds
+       -- greatest() ignores NULL: before the switch there is no soak window at all.
+       CASE WHEN switched_at IS NOT NULL THEN
+            extract(epoch FROM greatest(switched_at + keyshift.setting(soak_setting)::interval
+                                        - pg_catalog.now(), interval '0'))::float8
+       END AS soak_left_seconds
   FROM keyshift.relocations ORDER BY name
 """
 # The newest DXY 1m bar as readers see it (the view follows the reader switch).
