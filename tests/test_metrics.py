@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -46,6 +48,12 @@ def test_metrics_equal_what_the_database_holds(cli: Callable, new_db: Callable[.
         conn.execute(
             "SELECT keyshift.dead_letter('memberships', 'INSERT', '{\"k\": 1}', '{}', 'unmapped token')"
         )
+        conn.execute(
+            "INSERT INTO market.derived_data_bars (symbol, timeframe, ts, open, high, low, close)"
+            " VALUES ('DXY', '1m', now() - interval '90 seconds', 104, 104, 104, 104),"
+            " ('DXY', '1m', now() - interval '1 hour', 104, 104, 104, 104),"
+            " ('DXY', '5m', now(), 104, 104, 104, 104)"  # not a 1m bar: does not count
+        )
         expected_rows = conn.execute(
             "SELECT table_schema || '.' || table_name, rows_updated, rows_dead_lettered, status"
             " FROM keyshift.backfill_state"
@@ -83,6 +91,7 @@ def test_metrics_equal_what_the_database_holds(cli: Callable, new_db: Callable[.
     assert m[("keyshift_reconcile_match_ratio", (("pair", "memberships"),))] == 0.875
     assert m[("keyshift_reconcile_passed", (("pair", "memberships"),))] == 0
     assert 86400 <= m[("keyshift_reconcile_age_seconds", (("pair", "memberships"),))] < 86460
+    assert 90 <= m[("keyshift_dxy_staleness_seconds", ())] < 150
 
 
 def test_textfile_is_written_for_node_exporter(cli: Callable, head_dsn: str, tmp_path: Path) -> None:  # type: ignore[type-arg]
@@ -106,3 +115,33 @@ def test_bad_textfile_and_bare_database_exit_2(
     out = cli("metrics", dsn=empty_dsn)
     assert out.exit_code == 2
     assert "no keyshift control schema" in out.stderr
+
+
+def test_relocation_metrics_follow_the_relocation(cli: Callable, head_dsn: str) -> None:  # type: ignore[type-arg]
+    """Step and soak time left of each relocation (revision dxy_relocation, issue 5).
+
+    Before the relocation module is part of keyshift there is no relocation
+    table, and the metrics must show no relocation sample at all.
+    """
+    if importlib.util.find_spec("toolkit.relocation") is None:
+        m = parse(cli("metrics", dsn=head_dsn).stdout)
+        assert not [k for k in m if k[0].startswith("keyshift_relocation_")]
+        return
+    relocation = importlib.import_module("toolkit.relocation")
+    with psycopg.connect(head_dsn, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO market.derived_data_bars (symbol, timeframe, ts, open, high, low, close)"
+            " SELECT 'DXY', '1m', date_trunc('minute', now()) - m * interval '1 minute', 104, 104, 104, 104"
+            " FROM generate_series(0, 99) m"
+        )
+    m = parse(cli("metrics", dsn=head_dsn).stdout)
+    assert m[("keyshift_relocation_step", (("relocation", "dxy_1m_bars"), ("step", "installed")))] == 1
+    assert ("keyshift_relocation_soak_left_seconds", (("relocation", "dxy_1m_bars"),)) not in m
+    relocation.copy(head_dsn, "dxy")
+    relocation.switch(head_dsn, "dxy", "metrics test")
+    m = parse(cli("metrics", dsn=head_dsn).stdout)
+    assert m[("keyshift_relocation_step", (("relocation", "dxy_1m_bars"), ("step", "switched")))] == 1
+    assert (
+        86400 - 60 < m[("keyshift_relocation_soak_left_seconds", (("relocation", "dxy_1m_bars"),))] <= 86400
+    )
+    assert m[("keyshift_dxy_staleness_seconds", ())] < 120

@@ -1082,14 +1082,13 @@ def demo(rows: int, keep: bool, dsn: str | None, as_json: bool) -> None:
                  for o in outcomes]
             )
         )  # fmt: skip
-        click.echo()
-        verdicts = ", ".join(f"{p} {v}" for p, v in summary["reconciliation"].items()) or "none recorded"
-        click.echo(
-            output.table(
-                [{"rows migrated": summary["rows_migrated"], "rows/s": summary["rows_per_second"],
-                  "reconciliation": verdicts, "open dead letters": summary["open_dead_letters"]}]
-            )
-        )  # fmt: skip
+        figures = [
+            {"figure": "rows migrated (backfill)", "value": f"{summary['rows_migrated']:,}"},
+            {"figure": "rows/s (backfill)", "value": f"{summary['rows_per_second']:,}"},
+            *({"figure": f"reconciliation {p}", "value": v} for p, v in summary["reconciliation"].items()),
+            {"figure": "open dead letters", "value": f"{summary['open_dead_letters']:,}"},
+        ]
+        click.echo("\n" + output.table(figures))
         verdict = "every step passed" if summary["passed"] else "NOT every step passed"
         click.echo(f"\ndemo: {verdict} ({', '.join(f'{v} {k}' for k, v in summary['steps'].items() if v)})")
     if not summary["passed"]:

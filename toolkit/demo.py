@@ -89,12 +89,15 @@ def step_upgrade(ctx: Context) -> dict[str, Any]:
 
 
 def step_preflight(ctx: Context) -> dict[str, Any]:
-    checks = importlib.import_module("toolkit.checks")
+    """The pre-flight checks of the backfill (toolkit.preflight, issue 7)."""
+    preflight = importlib.import_module("toolkit.preflight")
     with ctx.connect() as conn:
-        results = [preflight_row(r if isinstance(r, dict) else vars(r)) for r in checks.run(conn)]
-    errors = [r["id"] for r in results if not r["passed"] and r["severity"] == "error"]
-    expect(not errors, f"pre-flight errors: {', '.join(errors)}")
-    return {"checks": len(results), "failed": sum(1 for r in results if not r["passed"])}
+        report = preflight.run(conn, "backfill")
+    rows = [preflight_row(vars(r)) for r in report.results]
+    blocking = [r["id"] for r in rows if r["blocking"]]
+    expect(not blocking, f"pre-flight errors: {', '.join(blocking)}")
+    return {"checks": len(rows), "passed": sum(1 for r in rows if r["passed"]),
+            "warnings": sum(1 for r in rows if not r["passed"] and not r["blocking"])}  # fmt: skip
 
 
 def step_registry(ctx: Context) -> dict[str, Any]:
@@ -166,15 +169,28 @@ def _reused_token_split(ctx: Context) -> dict[str, int]:
     return {r[0]: r[1] for r in rows}
 
 
-def _run_reconcile(ctx: Context) -> dict[str, Any]:
+def _reconcile(ctx: Context, kinds: tuple[str, ...] | None) -> dict[str, Any]:
+    """Registered pairs of these kinds, or all (toolkit.reconcile, issue 6): each verdict must pass."""
     reconcile = importlib.import_module("toolkit.reconcile")
     with ctx.connect() as conn:
-        results = reconcile.run_all(conn)
+        names = [p["name"] for p in reconcile.pairs(conn) if kinds is None or p["kind"] in kinds]
+        results = [reconcile.run_pair(conn, name) for name in names]
     verdicts = {str(_field(r, "pair")): str(_field(r, "verdict")) for r in results}
     failed = sorted(p for p, v in verdicts.items() if v != "pass")
-    expect(bool(verdicts), "no reconciliation pair is registered")
+    expect(bool(verdicts), f"no reconciliation pair of kind {', '.join(kinds or ('any',))} is registered")
     expect(not failed, f"reconciliation failed: {', '.join(failed)}")
-    return {"pairs": len(verdicts), "passed": len(verdicts) - len(failed)}
+    rows = sum(int(_field(r, "rows_source")) for r in results)
+    return {"pairs": len(verdicts), "passed": len(verdicts) - len(failed), "rows_compared": rows}
+
+
+def step_reconcile_keys(ctx: Context) -> dict[str, Any]:
+    """After the backfill: every token table's rows have the key the registry gives their token."""
+    return _reconcile(ctx, ("key_coverage",))
+
+
+def step_reconcile_all(ctx: Context) -> dict[str, Any]:
+    """Every registered pair (key coverage, memberships mapping, DXY relocation)."""
+    return _reconcile(ctx, None)
 
 
 def _field(result: Any, name: str) -> Any:
@@ -227,6 +243,36 @@ def step_memberships(ctx: Context) -> dict[str, Any]:
             "registry_rows": counts["registry_rows"], "dual_writes": 2}  # fmt: skip
 
 
+def step_dxy(ctx: Context) -> dict[str, Any]:
+    """DXY 1m bars: batched copy, reader switch, health (toolkit.relocation, issue 5)."""
+    relocation = importlib.import_module("toolkit.relocation")
+    copied = relocation.copy(ctx.dsn, "dxy", reason=REASON)
+    expect(not copied["mismatched_days"], f"DXY days differ after the copy: {copied['mismatched_days']}")
+    switched = relocation.switch(ctx.dsn, "dxy", REASON)
+    health = relocation.health(ctx.dsn, "dxy")
+    bad = [c["check"] for c in health["checks"] if not c["ok"]]
+    expect(health["ok"], f"DXY health failed: {', '.join(bad)}")
+    return {"copied": copied["rows_inserted"], "days_checked": copied["days_checked"],
+            "switched_rows": switched["rows"], "health_checks": len(health["checks"])}  # fmt: skip
+
+
+def step_dxy_cleanup_refused(ctx: Context) -> dict[str, Any]:
+    """Cleanup of the old DXY rows is refused inside the soak window, even after a passing
+    reconciliation (the guard's other condition), and changes nothing."""
+    relocation = importlib.import_module("toolkit.relocation")
+    source = "SELECT count(*) FROM market.derived_data_bars WHERE symbol = 'DXY' AND timeframe = '1m'"
+    before = ctx.scalar(source)
+    try:
+        relocation.cleanup(ctx.dsn, "dxy", reason=REASON)
+    except (KeyshiftError, psycopg.Error) as exc:
+        refusal = exc.message if isinstance(exc, KeyshiftError) else db.describe_pg_error(exc)
+    else:
+        raise VerdictFailed("cleanup ran inside the soak window")
+    expect(ctx.scalar(source) == before, "the refused cleanup changed the source rows")
+    expect("soak" in refusal, f"cleanup refused for another reason: {refusal}")
+    return {"refused": refusal.split(";")[0], "source_rows_kept": before}
+
+
 @dataclass(frozen=True)
 class Step:
     name: str
@@ -239,21 +285,21 @@ class Step:
         return all(importlib.util.find_spec(m) is not None for m in self.needs)
 
 
-# The DXY steps call the relocation module once it lands (issue 5).
-DXY = "toolkit.dxy"
+DXY = "toolkit.relocation"
 STEPS: tuple[Step, ...] = (
     Step("legacy database", step_legacy),
     Step("upgrade (revisions before the contract)", step_upgrade),
-    Step("pre-flight", step_preflight, ("toolkit.checks",)),
     Step("registry import", step_registry),
+    Step("pre-flight", step_preflight, ("toolkit.preflight",)),
     Step("backfill with a concurrent writer", step_backfill),
-    Step("reconciliation", _run_reconcile, ("toolkit.reconcile",)),
+    Step("reconciliation of the keys", step_reconcile_keys, ("toolkit.reconcile",)),
     Step("phase change to key_primary", step_phase),
     Step("upgrade to head", step_head),
     Step("memberships sync and dual-write", step_memberships),
-    Step("DXY copy, switch, health", None, (DXY,)),
-    Step("DXY cleanup refused inside the soak window", None, (DXY,)),
-    Step("final reconciliation", _run_reconcile, ("toolkit.reconcile",)),
+    Step("DXY copy, switch, health", step_dxy, (DXY,)),
+    Step("reconciliation of every pair", step_reconcile_all, ("toolkit.reconcile",)),
+    Step("DXY cleanup refused inside the soak window", step_dxy_cleanup_refused, (DXY,)),
+    Step("final reconciliation", step_reconcile_all, ("toolkit.reconcile",)),
 )
 
 
@@ -382,7 +428,7 @@ def run(
             echo("no database configured: starting an embedded Postgres from the local binaries")
             server = stack.enter_context(embedded.server())
         target = stack.enter_context(scratch_database(server, keep, echo))
-        workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="keyshift-demo-")))
+        workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=embedded.temp_prefix())))
         ctx = Context(target, demo_data.plan(rows), workdir)
         echo(f"demo database {db.describe_target(target)}, {ctx.plan.rows:,} legacy bars")
         outcomes = run_steps(ctx, steps, echo)

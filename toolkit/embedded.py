@@ -52,6 +52,11 @@ def bindir() -> Path:
     )
 
 
+def temp_prefix() -> str:
+    """Prefix of the demo's temporary directories: the pid tells whose they are."""
+    return f"keyshift-demo-{os.getpid()}-"
+
+
 def free_port() -> int:
     """A port nothing listens on now (the server binds it right after)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -102,7 +107,7 @@ def _run(argv: list[str], what: str, log: Path | None = None) -> None:
 def server() -> Iterator[str]:
     """Start a throwaway server; yield the conninfo of its ``postgres`` database; stop and remove it."""
     bins = bindir()
-    root = Path(tempfile.mkdtemp(prefix="keyshift-demo-"))
+    root = Path(tempfile.mkdtemp(prefix=temp_prefix()))
     data, log = root / "data", root / "server.log"
     started = False
     try:
