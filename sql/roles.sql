@@ -118,4 +118,5 @@ GRANT SELECT ON instrument_registry.broker_instrument_tokens TO PUBLIC;
 -- owner; until now any role could call the apply function directly and write
 -- the registry. Trigger functions need no EXECUTE right to fire.
 ALTER FUNCTION keyshift.dual_write__memberships() SECURITY DEFINER;
-REVOKE EXECUTE ON FUNCTION keyshift.dual_write_apply__memberships(text, jsonb, jsonb, boolean) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION keyshift.dual_write_apply__memberships(text, jsonb, jsonb, boolean),
+    keyshift.dual_write__memberships() FROM PUBLIC;

@@ -2,7 +2,8 @@
 -- ownership to the role running the downgrade, and each role dropped only
 -- when nothing in any database depends on it and no role is a member of it.
 
-GRANT EXECUTE ON FUNCTION keyshift.dual_write_apply__memberships(text, jsonb, jsonb, boolean) TO PUBLIC;
+GRANT EXECUTE ON FUNCTION keyshift.dual_write_apply__memberships(text, jsonb, jsonb, boolean),
+    keyshift.dual_write__memberships() TO PUBLIC;
 ALTER FUNCTION keyshift.dual_write__memberships() SECURITY INVOKER;
 REVOKE SELECT ON instrument_registry.broker_instrument_tokens FROM PUBLIC;
 REVOKE USAGE ON SCHEMA keyshift, instrument_registry FROM PUBLIC;
