@@ -72,7 +72,7 @@ def usage_error(exc: click.UsageError) -> None:
     """A bad option, argument or command as one line (click's own prints usage lines too)."""
     if isinstance(exc, _HELP_REQUESTS):
         raise exc
-    names = []
+    names: list[str] = []
     ctx = exc.ctx
     while ctx is not None and ctx.parent is not None:  # the root's name is the program's
         names.insert(0, ctx.info_name or "")
