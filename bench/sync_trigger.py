@@ -25,7 +25,9 @@ from toolkit import db, migrate
 PGBENCH_SCRIPT = """\\set tok random(100001, 105000)
 \\set ms random(0, 999999999)
 INSERT INTO market.data_bars (instrument_token, timeframe, ts, open, high, low, close)
-VALUES (:tok, '1m', '2026-02-01'::timestamptz + (:client_id * 1000000000::bigint + :ms) * interval '1 millisecond', 1, 1, 1, 1)
+VALUES (:tok, '1m',
+        '2026-02-01'::timestamptz + (:client_id * 1000000000::bigint + :ms) * interval '1 millisecond',
+        1, 1, 1, 1)
 ON CONFLICT DO NOTHING;
 """
 

@@ -4,7 +4,7 @@ Roles are cluster-wide: created only if absent, dropped by the downgrade only
 when nothing in any database depends on them (sql/roles.sql, sql/roles_down.sql).
 
 Revision ID: keyshift_roles
-Revises: index_memberships_dual_write (dxy_relocation once that revision lands)
+Revises: dxy_relocation
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 from toolkit import migrate
 
 revision = "keyshift_roles"
-down_revision = "index_memberships_dual_write"
+down_revision = "dxy_relocation"
 branch_labels = None
 depends_on = None
 
