@@ -52,6 +52,34 @@ class KeyshiftGroup(click.Group):
                 # The server went away mid-command: what committed stays committed.
                 fail(f"lost the database connection: {db.describe_pg_error(exc)}", EXIT_USAGE)
             fail(db.describe_pg_error(exc), EXIT_FAIL)
+        except click.UsageError as exc:
+            usage_error(exc)
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as exc:
+            usage_error(exc)
+            raise
+
+
+# click >= 8.2 raises this for a group called without a command; it prints the help.
+_HELP_REQUESTS: tuple[type[Exception], ...] = tuple(
+    e for e in (getattr(click.exceptions, "NoArgsIsHelpError", None),) if e is not None
+)
+
+
+def usage_error(exc: click.UsageError) -> None:
+    """A bad option, argument or command as one line (click's own prints usage lines too)."""
+    if isinstance(exc, _HELP_REQUESTS):
+        raise exc
+    names: list[str] = []
+    ctx = exc.ctx
+    while ctx is not None and ctx.parent is not None:  # the root's name is the program's
+        names.insert(0, ctx.info_name or "")
+        ctx = ctx.parent
+    where = " ".join(["keyshift", *names])
+    fail(f"{where}: {exc.format_message().rstrip('.')}; see {where} --help", EXIT_USAGE)
 
 
 def dsn_option(fn: F) -> F:
