@@ -34,6 +34,7 @@ CASES: dict[str, tuple[list[str], set[str]]] = {
             "bulk INSERT ... SELECT, grouped by instrument",
             "bulk INSERT ... SELECT, interleaved by minute",
             "single-row INSERT executor time",
+            "bulk INSERT ... SELECT carrying the key, interleaved by minute",
         },
     ),
     "registry_lookup": (["--rows", "2000", "--network-calls", "200"], {"resolve_key in the database"}),
