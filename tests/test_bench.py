@@ -34,9 +34,13 @@ CASES: dict[str, tuple[list[str], set[str]]] = {
             "bulk INSERT ... SELECT, grouped by instrument",
             "bulk INSERT ... SELECT, interleaved by minute",
             "single-row INSERT executor time",
+            "bulk INSERT ... SELECT carrying the key, interleaved by minute",
         },
     ),
-    "registry_lookup": (["--rows", "2000", "--network-calls", "200"], {"resolve_key in the database"}),
+    "registry_lookup": (
+        ["--rows", "2000", "--network-calls", "200"],
+        {"resolve_key in the database", "the same lookup as a LATERAL subquery"},
+    ),
     "growth": (
         ["--rows", "4000"],
         {"backfill per row at 4,000 rows", "backfill per row at 20,000 rows"},
