@@ -128,7 +128,8 @@ def clone(dsn: str, suffix: str) -> Iterator[str]:
     with db.connection(dsn, autocommit=True) as conn:
         # The template may have no other connection while it is copied.
         conn.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = %s AND pid <> pg_backend_pid()",
             (source,),
         )
     with db.connection(db.with_database(dsn, "postgres"), autocommit=True) as conn:

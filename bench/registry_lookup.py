@@ -59,7 +59,8 @@ def main() -> None:
                 token = 100_001 + rng.randrange(45_000)
                 started = time.perf_counter()
                 conn.execute(
-                    "SELECT instrument_registry.resolve_key('zerodha', %s, '2026-01-01'::timestamptz + %s * interval '1 hour')",
+                    "SELECT instrument_registry.resolve_key("
+                    "'zerodha', %s, '2026-01-01'::timestamptz + %s * interval '1 hour')",
                     (token, rng.randrange(960)),
                 ).fetchone()
                 latencies.append((time.perf_counter() - started) * 1000)

@@ -25,24 +25,43 @@ def registry(
         (instruments + reused + extra_mappings,),
     )
     conn.execute(
-        "INSERT INTO instrument_registry.broker_instrument_tokens (broker, instrument_token, instrument_key, valid_to)"
+        "INSERT INTO instrument_registry.broker_instrument_tokens"
+        " (broker, instrument_token, instrument_key, valid_to)"
         " SELECT %s, %s + i - 1, 'S' || i || '_NSE_EQUITY', CASE WHEN i <= %s THEN %s::timestamptz END"
         " FROM generate_series(1, %s) i",
         (BROKER, FIRST_TOKEN, reused, reuse_at, instruments),
     )
     conn.execute(
-        "INSERT INTO instrument_registry.broker_instrument_tokens (broker, instrument_token, instrument_key, valid_from)"
-        " SELECT %s, %s + i - 1, 'S' || (%s + i) || '_NSE_EQUITY', %s::timestamptz FROM generate_series(1, %s) i",
+        "INSERT INTO instrument_registry.broker_instrument_tokens"
+        " (broker, instrument_token, instrument_key, valid_from)"
+        " SELECT %s, %s + i - 1, 'S' || (%s + i) || '_NSE_EQUITY', %s::timestamptz"
+        " FROM generate_series(1, %s) i",
         (BROKER, FIRST_TOKEN, instruments, reuse_at, reused),
     )
     if extra_mappings:
         # Tokens that only ever existed later: more mappings for lookup benchmarks.
         conn.execute(
-            "INSERT INTO instrument_registry.broker_instrument_tokens (broker, instrument_token, instrument_key)"
+            "INSERT INTO instrument_registry.broker_instrument_tokens"
+            " (broker, instrument_token, instrument_key)"
             " SELECT %s, 900000 + i, 'S' || (%s + i) || '_NSE_EQUITY' FROM generate_series(1, %s) i",
             (BROKER, instruments + reused, extra_mappings),
         )
     conn.execute("SELECT keyshift.set_setting('registry.legacy_broker', %s, 'benchmark')", (BROKER,))
+
+
+# Each minute's bars of all instruments together ("time"), or each
+# instrument's bars together ("instrument"); %(...)s are bound parameters.
+_BARS_ORDER = {
+    "time": ("%(first)s + mod(i, %(instruments)s)", "i / %(instruments)s"),
+    "instrument": ("%(first)s + i / %(per)s", "mod(i, %(per)s)"),
+}
+_BARS = (
+    "SELECT {token} AS instrument_token, '1m'::text AS timeframe,"
+    " %(start)s::timestamptz + ({minute}) * interval '1 minute' AS ts,"
+    " 100 + mod(i, 97) * 0.05 AS open, 101 + mod(i, 89) * 0.05 AS high, 99 + mod(i, 83) * 0.05 AS low,"
+    " 100.5 + mod(i, 79) * 0.05 AS close, 1000 + mod(i, 5000) AS volume"
+    " FROM generate_series(0, %(rows)s - 1) i"
+)
 
 
 def bars_sql(
@@ -51,21 +70,17 @@ def bars_sql(
     start_token: int = FIRST_TOKEN,
     instruments: int = 5000,
     start: str = START,
-) -> tuple[str, tuple[Any, ...]]:
-    """A SELECT of ``rows`` minute bars: each minute all instruments ("time") or each instrument's day ("instrument")."""
-    if order == "time":
-        token, minute = f"{start_token} + mod(i, {instruments})", f"(i / {instruments})"
-    else:
-        per = max(1, rows // instruments)
-        token, minute = f"{start_token} + (i / {per})", f"mod(i, {per})"
-    return (
-        f"SELECT {token} AS instrument_token, '1m'::text AS timeframe,"
-        f" %s::timestamptz + {minute} * interval '1 minute' AS ts,"
-        " 100 + mod(i, 97) * 0.05 AS open, 101 + mod(i, 89) * 0.05 AS high, 99 + mod(i, 83) * 0.05 AS low,"
-        " 100.5 + mod(i, 79) * 0.05 AS close, 1000 + mod(i, 5000) AS volume"
-        " FROM generate_series(0, %s - 1) i",
-        (start, rows),
-    )
+) -> tuple[str, dict[str, Any]]:
+    """A SELECT of ``rows`` minute bars, in ``order`` ("time" or "instrument"), and its parameters."""
+    token, minute = _BARS_ORDER[order]
+    params = {
+        "first": start_token,
+        "instruments": instruments,
+        "per": max(1, rows // instruments),
+        "start": start,
+        "rows": rows,
+    }
+    return _BARS.format(token=token, minute=minute), params
 
 
 def legacy_bars(conn: psycopg.Connection[Any], rows: int, order: str = "time") -> None:

@@ -525,6 +525,29 @@ COMMENT ON COLUMN keyshift.flow_state.updated_at IS 'Last checkpoint';
 COMMENT ON COLUMN keyshift.flow_state.finished_at IS 'End of the last complete pass';
 COMMENT ON COLUMN keyshift.flow_state.details IS 'Anything else the flow records';
 
+-- ---------------------------------------------------------------- reconciliation pairs and verdicts
+SELECT keyshift.define_setting('reconcile.lenient_threshold', 'numeric', '99.95',
+    'Match percentage (0-100) a pair needs to pass keyshift reconcile --mode lenient; strict needs 100');
+
+CREATE FUNCTION keyshift.register_pair(p_name text, p_kind text, p_spec jsonb, p_description text,
+                                       p_registered_by text)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = keyshift, pg_catalog, pg_temp
+AS $fn$
+BEGIN
+    IF pg_catalog.jsonb_typeof(p_spec) IS DISTINCT FROM 'object' THEN
+        RAISE EXCEPTION 'reconcile pair %: spec must be a JSON object', p_name
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    INSERT INTO keyshift.reconcile_pairs (name, kind, spec, description, registered_by)
+    VALUES (p_name, p_kind, p_spec, p_description, p_registered_by)
+    ON CONFLICT (name) DO UPDATE
+       SET kind = excluded.kind, spec = excluded.spec, description = excluded.description,
+           registered_by = excluded.registered_by, registered_at = pg_catalog.now();
+END
+$fn$;
+COMMENT ON FUNCTION keyshift.register_pair(text, text, jsonb, text, text) IS 'Register (or replace) a pair that keyshift reconcile NAME and --all compare; revisions call this';
 -- ---------------------------------------------------------------- pre-flight checks (checks/*.sql)
 -- Thresholds the checks bind as parameters (their "-- params:" header line).
 SELECT keyshift.define_setting('preflight.statement_timeout', 'interval', '10 seconds',
