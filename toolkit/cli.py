@@ -715,6 +715,7 @@ def preflight(
     as_json: bool,
 ) -> None:
     """Run the pre-flight checks read-only; exit 1 when an error-severity check fails."""
+    # Imported here: other commands do not pay for loading the checks' machinery.
     from toolkit import preflight as preflight_module
 
     preflight_module.plan(step, only, skip, checks_dir)  # bad --for/--only/--skip: exit 2 before connecting
@@ -729,6 +730,7 @@ def preflight(
 
 
 def _print_preflight(report: Any) -> None:
+    """The checks as a table, the rows of each failed one, and the verdict (a preflight.Report)."""
     marks = {"pass": "pass", "fail": "FAIL", "error": "ERROR", "skipped": "skipped"}
     rows = [
         {

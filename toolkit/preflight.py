@@ -112,7 +112,7 @@ class Report:
             "step": self.step,
             "ok": self.ok,
             "failed": [r.id for r in self.results if r.blocking],
-            "warnings": [r.id for r in self.results if r.status != "pass" and not r.blocking],
+            "warnings": [r.id for r in self.results if r.status in ("fail", "error") and not r.blocking],
             "checks": [asdict(r) for r in self.results],
         }
 
