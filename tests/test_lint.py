@@ -315,3 +315,18 @@ def test_revision_gives_up_after_its_retries_and_changes_nothing(new_db: Callabl
 def test_backoff_is_jittered_and_capped() -> None:
     assert 0.125 <= migrate.backoff_seconds(1) <= 0.25
     assert migrate.backoff_seconds(10) <= 8.0
+
+
+def test_cli_directory_skips_what_it_cannot_lint_and_says_so(cli: Callable[..., Result]) -> None:
+    result = cli("lint", "--json", str(ROOT / "sql" / "templates"))
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    # included by key_columns_table, or rendered by downgrades only
+    assert "sql/templates/key_sync_trigger.sql.j2: no upgrade renders it on its own" in data["skipped"]
+    assert data["scripts"] + len(data["skipped"]) == len(list((ROOT / "sql" / "templates").glob("*.sql.j2")))
+
+
+def test_cli_named_included_template_is_exit_2(cli: Callable[..., Result]) -> None:
+    result = cli("lint", str(ROOT / "sql" / "templates" / "key_sync_trigger.sql.j2"))
+    assert result.exit_code == 2
+    assert "no upgrade renders it on its own" in result.output

@@ -209,6 +209,7 @@ def scan_paths(paths: Iterable[Path], identifier: str = TOKEN) -> list[Usage]:
     """Uses in SQL files, Python files and templates (as the revisions render them)."""
     from toolkit import lint, migrate
 
+    paths = list(paths)
     found: list[Usage] = []
     templates: set[str] = set()
     for path in lint.expand_paths(paths):
@@ -224,7 +225,8 @@ def scan_paths(paths: Iterable[Path], identifier: str = TOKEN) -> list[Usage]:
                 raise UsageError(f"{exc.message}; fix the SQL or leave the file out") from None
     if templates:
         renders = [migrate.revision_sql(revision) for revision in migrate.chain()]
-        for file, text, _ in lint.template_renders(renders, templates):
+        named = {lint.relative_path(p) for p in paths if p.is_file()}
+        for file, text, _ in lint.template_renders(renders, templates, named)[0]:
             found.extend(usages_in_sql(text, file, identifier=identifier))
     return found
 

@@ -823,6 +823,8 @@ def _print_lint(report: Any, traces: list[Any]) -> None:
     click.echo(
         f"{summary['findings']} findings, {summary['silenced']} silenced, in {summary['scripts']} scripts"
     )
+    for skipped in report.skipped:
+        click.echo(f"not linted: {skipped}")
     for f in report.findings:
         if f.silenced is None:
             click.echo(f"hint [{f.rule}] {f.file}:{f.line}: {f.hint}")

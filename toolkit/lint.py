@@ -73,6 +73,7 @@ class Silence:
 class Report:
     findings: list[Finding] = field(default_factory=list)
     scripts: int = 0
+    skipped: list[str] = field(default_factory=list)  # files of a directory not linted, and why
 
     @property
     def failed(self) -> bool:
@@ -85,6 +86,7 @@ class Report:
             "findings": len(open_),
             "silenced": len(self.findings) - len(open_),
             "results": [f.as_dict() for f in self.findings],
+            "skipped": self.skipped,
         }
 
 
@@ -265,11 +267,16 @@ def lint_revision(rendered: RevisionSql) -> list[Finding]:
     )
 
 
-def template_renders(renders: Iterable[RevisionSql], templates: set[str]) -> list[tuple[str, str, str]]:
-    """(file, rendered text, revision) of each distinct render of the templates named.
+def template_renders(
+    renders: Iterable[RevisionSql],
+    templates: set[str],
+    named: set[str] = frozenset(),  # type: ignore[assignment]
+) -> tuple[list[tuple[str, str, str]], list[str]]:
+    """(file, rendered text, revision) of each distinct render of the templates, and those skipped.
 
-    A template is known by what the revisions render with it; one that no
-    revision renders on its own (only included by another) is a usage error.
+    A template is known by what the upgrades render with it. One they never
+    render on their own (included by another, or used by downgrades only) is
+    skipped when it was found in a directory, and a usage error when ``named``.
     """
     found, seen = [], set()
     for rendered in renders:
@@ -279,20 +286,23 @@ def template_renders(renders: Iterable[RevisionSql], templates: set[str]) -> lis
                 seen.add((file, text))
                 found.append((file, text, rendered.revision))
     missing = templates - {file.split(" ")[0] for file, _, _ in found}
-    if missing:
+    if missing & named:
         raise UsageError(
-            f"{', '.join(sorted(missing))}: no revision renders it on its own (a template included by "
-            "another is checked in the one that includes it)"
+            f"{', '.join(sorted(missing & named))}: no upgrade renders it on its own (a template included "
+            "by another is checked in the one that includes it)"
         )
-    return found
+    return found, sorted(missing)
 
 
-def lint_template_renders(renders: Iterable[RevisionSql], templates: set[str]) -> list[Finding]:
+def lint_template_renders(
+    renders: Iterable[RevisionSql], templates: set[str], named: set[str], report: Report
+) -> None:
     """Each template as the revisions render it, under their lock_timeout."""
-    findings = []
-    for file, text, revision in template_renders(renders, templates):
-        findings.extend(lint_sql(text, file, assume_lock_timeout=True, revision=revision))
-    return findings
+    found, skipped = template_renders(renders, templates, named)
+    for file, text, revision in found:
+        report.findings.extend(lint_sql(text, file, assume_lock_timeout=True, revision=revision))
+    report.scripts += len(templates) - len(skipped)
+    report.skipped.extend(f"{name}: no upgrade renders it on its own" for name in skipped)
 
 
 def relative_path(path: Path) -> str:
@@ -325,7 +335,9 @@ def lint(paths: Iterable[Path] = (), *, revisions: bool = False) -> Report:
     With no paths, the whole revision chain is linted: its findings point at
     the sql/ files and templates each statement came from.
     """
+    paths = list(paths)
     files = expand_paths(paths)
+    named = {relative_path(p) for p in paths if p.is_file()}
     revisions = revisions or not files
     report = Report()
     renders: list[RevisionSql] | None = None
@@ -355,11 +367,11 @@ def lint(paths: Iterable[Path] = (), *, revisions: bool = False) -> Report:
             report.findings.extend(lint_revision(rendered))
             report.scripts += 1
     unknown = set(by_path.values()) - {r.path for r in renders or ()}
-    if unknown:
-        raise UsageError(f"{', '.join(sorted(unknown))}: not a revision of keyshift's chain")
+    if unknown & named:
+        raise UsageError(f"{', '.join(sorted(unknown & named))}: not a revision of keyshift's chain")
+    report.skipped.extend(f"{name}: not a revision" for name in sorted(unknown - named))
     if templates:
-        report.findings.extend(lint_template_renders(renders or (), templates))
-        report.scripts += len(templates)
+        lint_template_renders(renders or (), templates, named, report)
     return report
 
 
