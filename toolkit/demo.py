@@ -188,6 +188,11 @@ def step_reconcile_keys(ctx: Context) -> dict[str, Any]:
     return _reconcile(ctx, ("key_coverage",))
 
 
+def step_reconcile_relocation(ctx: Context) -> dict[str, Any]:
+    """After the reader switch: the relocated DXY slice equals its source (the cleanup guard's input)."""
+    return _reconcile(ctx, ("relocation",))
+
+
 def step_reconcile_all(ctx: Context) -> dict[str, Any]:
     """Every registered pair (key coverage, memberships mapping, DXY relocation)."""
     return _reconcile(ctx, None)
@@ -297,7 +302,7 @@ STEPS: tuple[Step, ...] = (
     Step("upgrade to head", step_head),
     Step("memberships sync and dual-write", step_memberships),
     Step("DXY copy, switch, health", step_dxy, (DXY,)),
-    Step("reconciliation of every pair", step_reconcile_all, ("toolkit.reconcile",)),
+    Step("reconciliation of the DXY relocation", step_reconcile_relocation, ("toolkit.reconcile",)),
     Step("DXY cleanup refused inside the soak window", step_dxy_cleanup_refused, (DXY,)),
     Step("final reconciliation", step_reconcile_all, ("toolkit.reconcile",)),
 )
