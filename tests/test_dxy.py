@@ -10,9 +10,10 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg import sql
 
 from tests.legacy import seed_registry
-from toolkit import migrate, phases, relocation
+from toolkit import migrate, phases, reconcile, relocation, render
 
 START = "2026-11-01 00:00:00+00"
 DAYS = 3
@@ -87,20 +88,9 @@ def write_bar(conn: psycopg.Connection[Any], ts: str, price: float = 42.0) -> st
     return str(row[0])
 
 
-def reconcile_run(conn: psycopg.Connection[Any], verdict: str) -> None:
-    """A reconciliation result, as the engine (issue 6) writes it."""
-    conn.execute(
-        "INSERT INTO keyshift.reconcile_runs (pair, source, target, mode, threshold, started_at, finished_at,"
-        " duration_ms, rows_source, rows_target, rows_matched, buckets_total, buckets_mismatched, match_ratio,"
-        " verdict) VALUES ('dxy_1m_bars', 'market.derived_data_bars', 'market.data_bars', 'strict', 1,"
-        " clock_timestamp(), clock_timestamp(), 1, 10, 10, %s, 3, %s, %s, %s)",
-        (
-            10 if verdict == "pass" else 9,
-            0 if verdict == "pass" else 1,
-            1 if verdict == "pass" else 0.9,
-            verdict,
-        ),
-    )
+def reconciled(conn: psycopg.Connection[Any]) -> str:
+    """Run the reconcile engine on the relocation's pair; its verdict."""
+    return reconcile.run_pair(conn, "dxy_1m_bars").verdict
 
 
 def switched(dsn: str) -> None:
@@ -114,6 +104,37 @@ def view_dxy(conn: psycopg.Connection[Any]) -> tuple[int, int]:
     ).fetchone()
     assert row is not None
     return int(row[0]), int(row[1])
+
+
+def kill_when_waiting(
+    dsn: str, admin: psycopg.Connection[Any], function: str, call: Callable[[], Any]
+) -> None:
+    """Run ``call`` in a thread until its backend waits on a lock inside ``function``, then kill that backend."""
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            call()
+        except BaseException as exc:  # the killed connection
+            errors.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    pid = None
+    for _ in range(200):
+        found = admin.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+            " AND wait_event_type = 'Lock' AND query LIKE %s",
+            (f"%{function}%",),
+        ).fetchone()
+        if found:
+            pid = found[0]
+            break
+        time.sleep(0.05)
+    assert pid is not None, f"{function} never waited on the lock"
+    admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+    thread.join()
+    assert errors and isinstance(errors[0], psycopg.OperationalError)
 
 
 # ---------------------------------------------------------------- revision
@@ -184,7 +205,7 @@ def test_copy_equals_source_per_day_while_bars_are_written(dsn: str) -> None:
     assert written, "the writer wrote nothing while the copy ran"
     assert result["batches"] > 10
     assert result["mismatched_days"] == {}
-    assert result["preflight"] == ["dxy_source_duplicates"]
+    assert {"dxy_source_duplicates", "data_bars_unique_key"} <= set(result["preflight"])
     with connect(dsn) as conn:
         assert step(conn) == "copied"
         assert per_day(conn, DXY_TARGET) == per_day(conn, DXY_SOURCE)
@@ -218,31 +239,10 @@ def test_copy_resumes_after_being_killed_mid_batch(dsn: str) -> None:
             " VALUES ('DXY_ICE_INDEX', '1m', %s, 0, 0, 0, 0)",
             (row[0],),
         )
-        errors: list[BaseException] = []
-
-        def run() -> None:
-            try:
-                relocation.copy(dsn, "dxy", batch_size=1000)
-            except BaseException as exc:  # the killed connection
-                errors.append(exc)
-
-        thread = threading.Thread(target=run)
-        thread.start()
-        pid = None
-        for _ in range(200):
-            found = admin.execute(
-                "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
-                " AND wait_event_type = 'Lock' AND query LIKE '%%relocation_copy_batch%%'"
-            ).fetchone()
-            if found:
-                pid = found[0]
-                break
-            time.sleep(0.05)
-        assert pid is not None, "the copy never waited on the blocked key"
-        admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
-        thread.join()
+        kill_when_waiting(
+            dsn, admin, "relocation_copy_batch", lambda: relocation.copy(dsn, "dxy", batch_size=1000)
+        )
         blocker.execute("ROLLBACK")
-        assert errors and isinstance(errors[0], psycopg.OperationalError)
         state = admin.execute(
             "SELECT status, rows_done, last_key FROM keyshift.flow_state WHERE flow = 'relocation.dxy_1m_bars.copy'"
         ).fetchone()
@@ -263,7 +263,10 @@ def test_copy_refuses_duplicate_source_keys_and_changes_nothing(dsn: str, cli: C
         conn.execute(f"INSERT INTO market.derived_data_bars SELECT * {DXY_SOURCE} ORDER BY ts LIMIT 2")
     result = cli("relocate", "dxy", "copy", dsn=dsn)
     assert result.exit_code == 1
-    assert "pre-flight check dxy_source_duplicates failed for step dxy_copy (2 violations" in result.output
+    assert (
+        "pre-flight for dxy_copy failed: dxy_source_duplicates (dxy_source_duplicates: 2 violation(s)"
+        in result.output
+    )
     assert "Traceback" not in result.output
     with connect(dsn) as conn:
         assert step(conn) == "installed"
@@ -280,8 +283,12 @@ def test_copy_refuses_without_the_unique_index(new_db: Callable[..., str], cli: 
         )
     result = cli("relocate", "dxy", "copy", dsn=dsn)
     assert result.exit_code == 1
-    assert "market.data_bars has no valid unique index over (instrument_key, timeframe, ts)" in result.output
+    assert "pre-flight for dxy_copy failed: data_bars_unique_key" in result.output
     with connect(dsn) as conn:
+        assert step(conn) == "installed"
+        # The same guard holds in SQL, for a caller that skips the pre-flight.
+        with pytest.raises(psycopg.Error, match="market.data_bars has no valid unique index over"):
+            conn.execute("SELECT keyshift.relocation_copy_start__dxy_1m_bars('no pre-flight')")
         assert step(conn) == "installed"
 
 
@@ -304,7 +311,7 @@ def test_write_function_writes_where_the_step_says(dsn: str) -> None:
         src = conn.execute(f"SELECT {BAR} {DXY_SOURCE} AND {both}").fetchall()
         dst = conn.execute(f"SELECT {BAR} {DXY_TARGET} AND {both}").fetchall()
         assert src == dst and len(src) == 3 and src[1][1] == "50"
-        reconcile_run(conn, "pass")
+        assert reconciled(conn) == "pass"
     relocation.cleanup(dsn, "dxy", force=True, reason="test: soak skipped")
     with connect(dsn) as conn:
         assert write_bar(conn, "2026-12-01 00:03:00+00") == "cleaned"
@@ -385,27 +392,30 @@ def test_switch_refused_before_the_copy_and_when_a_day_differs(dsn: str, cli: Ca
 def test_cleanup_refused_inside_the_soak_window_and_without_a_passing_reconciliation(
     dsn: str, cli: Callable[..., Any]
 ) -> None:
-    switched(dsn)
+    relocation.copy(dsn, "dxy", batch_size=5000)
     with connect(dsn) as conn:
-        reconcile_run(conn, "pass")  # before the switch: does not count
-        conn.execute("UPDATE keyshift.reconcile_runs SET started_at = started_at - interval '1 hour'")
+        assert reconciled(conn) == "pass"  # before the switch: does not count
+    relocation.switch(dsn, "dxy", "test switch")
     result = cli("relocate", "dxy", "cleanup", dsn=dsn)
     assert result.exit_code == 1 and "no reconciliation of pair dxy_1m_bars since the switch" in result.output
     with connect(dsn) as conn:
-        reconcile_run(conn, "pass")
+        assert reconciled(conn) == "pass"
     result = cli("relocate", "dxy", "cleanup", dsn=dsn)
     assert result.exit_code == 1
     assert "the soak window (24:00:00) ends at" in result.output and "from now" in result.output
     result = cli("relocate", "dxy", "cleanup", "--force", dsn=dsn)
     assert result.exit_code == 2 and "--force needs --reason" in result.output
+    bar = "UPDATE market.data_bars SET close = %s WHERE instrument_key = 'DXY_ICE_INDEX' AND ts = %s"
     with connect(dsn) as conn:
-        reconcile_run(conn, "fail")
+        conn.execute(bar, (0, START))
+        assert reconciled(conn) == "fail"
     result = cli("relocate", "dxy", "cleanup", "--force", "--reason", "in a hurry", dsn=dsn)
     assert result.exit_code == 1 and "failed: 1 of 3 buckets differ" in result.output
     with connect(dsn) as conn:
         assert step(conn) == "switched"
         assert conn.execute(f"SELECT count(relocated_at) {DXY_SOURCE}").fetchone() == (0,)
-        reconcile_run(conn, "pass")
+        conn.execute(bar, (100.5, START))
+        assert reconciled(conn) == "pass"
     result = cli(
         "relocate", "dxy", "cleanup", "--force", "--reason", "soak cut short", "--batch-size", "1000", dsn=dsn
     )
@@ -428,7 +438,7 @@ def test_cleanup_after_the_soak_window_needs_no_force(dsn: str) -> None:
     switched(dsn)
     with connect(dsn) as conn:
         conn.execute("SELECT keyshift.set_setting('dxy.soak_window', '0 seconds', 'test')")
-        reconcile_run(conn, "pass")
+        assert reconciled(conn) == "pass"
     result = relocation.cleanup(dsn, "dxy")
     assert result["forced"] is False and result["step"] == "cleaned"
     assert result["rows_marked"] == result["source_rows"] == result["source_marked"]
@@ -440,7 +450,7 @@ def test_cleanup_after_the_soak_window_needs_no_force(dsn: str) -> None:
 def cleaned(dsn: str) -> None:
     switched(dsn)
     with connect(dsn) as conn:
-        reconcile_run(conn, "pass")
+        assert reconciled(conn) == "pass"
     relocation.cleanup(dsn, "dxy", force=True, reason="test")
 
 
@@ -458,45 +468,30 @@ def test_purge_killed_mid_batch_leaves_every_bar_somewhere(dsn: str) -> None:
         conn.execute(
             "DELETE FROM market.data_bars WHERE instrument_key = 'DXY_ICE_INDEX' AND ts = %s", (START,)
         )
+        # A bar some legacy writer put in the old table after cleanup: not marked, not purged.
+        conn.execute(
+            "INSERT INTO market.derived_data_bars (symbol, timeframe, ts, open, high, low, close)"
+            " VALUES ('DXY', '1m', '2026-12-05', 1, 1, 1, 1) RETURNING ts"
+        )
+        keys.add(conn.execute(f"SELECT max(ts) {DXY_SOURCE}").fetchone()[0])  # type: ignore[index]
     with connect(dsn) as blocker, connect(dsn) as admin:
         # The first batch deletes its rows, then waits to dead-letter the lost bar.
         blocker.execute("BEGIN")
         blocker.execute("LOCK TABLE keyshift.dead_letters IN EXCLUSIVE MODE")
-        errors: list[BaseException] = []
-
-        def run() -> None:
-            try:
-                relocation.purge(dsn, "dxy", batch_size=1000)
-            except BaseException as exc:
-                errors.append(exc)
-
-        thread = threading.Thread(target=run)
-        thread.start()
-        pid = None
-        for _ in range(200):
-            found = admin.execute(
-                "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
-                " AND wait_event_type = 'Lock' AND query LIKE '%%relocation_purge_batch%%'"
-            ).fetchone()
-            if found:
-                pid = found[0]
-                break
-            time.sleep(0.05)
-        assert pid is not None, "the purge never reached the dead letter"
-        admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
-        thread.join()
+        kill_when_waiting(
+            dsn, admin, "relocation_purge_batch", lambda: relocation.purge(dsn, "dxy", batch_size=1000)
+        )
         blocker.execute("ROLLBACK")
-        assert errors and isinstance(errors[0], psycopg.OperationalError)
         assert all_keys(admin) == keys
-        assert admin.execute(f"SELECT count(*) {DXY_SOURCE}").fetchone() == (n,)
+        assert admin.execute(f"SELECT count(*) {DXY_SOURCE}").fetchone() == (n + 1,)
         assert step(admin) == "purging"
     result = relocation.purge(dsn, "dxy", batch_size=1000)
     assert result["resumed"] is True and result["step"] == "purged"
     assert result["rows_deleted"] == n - 1 and result["rows_dead_lettered"] == 1
     with connect(dsn) as conn:
         assert all_keys(conn) == keys
-        left = conn.execute(f"SELECT ts, relocated_at {DXY_SOURCE}").fetchall()
-        assert len(left) == 1 and left[0][1] is None
+        left = conn.execute(f"SELECT ts::text, relocated_at {DXY_SOURCE} ORDER BY ts").fetchall()
+        assert left == [("2026-11-01 00:00:00+00", None), ("2026-12-05 00:00:00+00", None)]
         letter = conn.execute(
             "SELECT operation, reason FROM keyshift.dead_letters WHERE source = 'relocation.dxy_1m_bars'"
         ).fetchall()
@@ -624,3 +619,96 @@ def test_cli_bad_input_is_one_line_exit_2(dsn: str, cli: Callable[..., Any]) -> 
     assert result.exit_code == 2
     result = cli("relocate", "dxy", "status", dsn="host=127.0.0.1 port=1 dbname=nope connect_timeout=2")
     assert result.exit_code == 2 and result.output.count("\n") == 1 and "cannot connect" in result.output
+
+
+# ---------------------------------------------------------------- the templates, generic
+
+
+HOSTILE_SCHEMA = 'we"ird'
+
+
+def test_the_relocation_templates_work_with_hostile_names(new_db: Callable[..., str]) -> None:
+    """The same templates for another slice: odd identifiers, a non-default schema, a text slice value
+    with a quote; copy, write, switch and rollback run on a real server."""
+    dsn = new_db("control_schema")
+    q = 'CREATE SCHEMA "we""ird";'
+    q += ' CREATE TABLE "we""ird"."Old Bars" ("Sym" text, tf text, "t s" timestamptz, "va\'l" numeric,'
+    q += ' PRIMARY KEY ("Sym", tf, "t s"));'
+    q += ' CREATE TABLE "we""ird"."new-bars" (k text, tf text, "t s" timestamptz, "va\'l" numeric,'
+    q += ' PRIMARY KEY (k, tf, "t s"));'
+    q += ' CREATE VIEW "we""ird"."Readers" AS SELECT "Sym", "t s", "va\'l" FROM "we""ird"."Old Bars";'
+    q += " SELECT keyshift.define_setting('odd.soak_window', 'interval', '1 hour', 'test');"
+    insert = "INSERT INTO \"we\"\"ird\".\"Old Bars\" SELECT 'O''Neil', '1m', %s::timestamptz + m * interval '1 hour', m"
+    insert += " FROM generate_series(0, 99) m"
+    common = dict(
+        name="odd_slice",
+        source_schema=HOSTILE_SCHEMA,
+        source_table="Old Bars",
+        source_slice={"Sym": "O'Neil", "tf": "1m"},
+        target_schema=HOSTILE_SCHEMA,
+        target_table="new-bars",
+        target_slice={"k": "O'NEIL_X_INDEX", "tf": "1m"},
+        cursor_column="t s",
+        target_unique=["k", "tf", "t s"],
+    )
+    rendered = [
+        render.render("relocation_control"),
+        render.render(
+            "relocation",
+            carried_columns=["t s", "va'l"],
+            marker_column="moved at",
+            view_schema=HOSTILE_SCHEMA,
+            view_name="Readers",
+            reader_before='SELECT "Sym", "t s", "va\'l" FROM "we""ird"."Old Bars"',
+            reader_after='SELECT \'O\'\'Neil\'::text AS "Sym", "t s", "va\'l" FROM "we""ird"."new-bars"'
+            " WHERE k = 'O''NEIL_X_INDEX'",
+            soak_setting="odd.soak_window",
+            pair_spec=json.dumps({"source": f"{HOSTILE_SCHEMA}.Old Bars"}),
+            pair_description="odd",
+            registered_by="test",
+            **common,
+        ),
+        render.render(
+            "relocation_write",
+            function_schema=HOSTILE_SCHEMA,
+            function_name="Write Bar",
+            arguments=[["t s", "timestamptz"], ["va'l", "numeric"]],
+            defaults={},
+            source_stamp=None,
+            description="odd writer",
+            **common,
+        ),
+    ]
+
+    def call(conn: psycopg.Connection[Any], kind: str, *args: Any) -> tuple[Any, ...] | None:
+        query = sql.SQL("SELECT * FROM keyshift.{}({})").format(
+            sql.Identifier(f"relocation_{kind}__odd_slice"),
+            sql.SQL(", ").join([sql.Placeholder()] * len(args)),
+        )
+        return conn.execute(query, args).fetchone()
+
+    with connect(dsn) as conn:
+        conn.execute(q.encode())
+        conn.execute(insert.encode(), (START,))
+        for text in rendered:
+            conn.execute(text.encode())
+        assert call(conn, "copy_start", "go") == ("started",)
+        done = False
+        while not done:
+            row = call(conn, "copy_batch", 30)
+            assert row is not None
+            done, mismatched = row[3], row[5]
+            assert mismatched == 0
+        assert conn.execute(
+            'SELECT "we""ird"."Write Bar"(%s::timestamptz, 7)', ("2026-12-01",)
+        ).fetchone() == ("copied",)
+        moved = 'SELECT "t s", "va\'l" FROM "we""ird"."new-bars" ORDER BY 1'
+        kept = 'SELECT "t s", "va\'l" FROM "we""ird"."Old Bars" ORDER BY 1'
+        assert conn.execute(moved).fetchall() == conn.execute(kept).fetchall()
+        assert len(conn.execute(moved).fetchall()) == 101
+        assert call(conn, "switch", "switch") == (101,)
+        readers = conn.execute('SELECT "Sym", count(*) FROM "we""ird"."Readers" GROUP BY 1').fetchall()
+        assert readers == [("O'Neil", 101)]
+        assert call(conn, "rollback", "back") == (0, 0, 101, "switched")
+        assert conn.execute('SELECT count(*) FROM "we""ird"."new-bars"').fetchone() == (0,)
+        assert conn.execute('SELECT count(*) FROM "we""ird"."Readers"').fetchone() == (101,)

@@ -16,10 +16,9 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 
-from toolkit import db, migrate
+from toolkit import db, migrate, preflight
 from toolkit.control import require_control_schema
-from toolkit.errors import EXIT_FAIL, KeyshiftError, UsageError
-from toolkit.resources import checks_dir
+from toolkit.errors import UsageError
 
 
 @dataclass(frozen=True)
@@ -55,8 +54,12 @@ def lookup(which: str) -> Relocation:
         raise UsageError(f"no relocation {which!r}; known: {', '.join(sorted(RELOCATIONS))}") from None
 
 
+def _fn_name(rel: Relocation, kind: str) -> str:
+    return f"relocation_{kind}__{rel.name}"
+
+
 def _fn(rel: Relocation, kind: str) -> sql.Composed:
-    return sql.SQL("keyshift.{}").format(sql.Identifier(f"relocation_{kind}__{rel.name}"))
+    return sql.SQL("keyshift.{}").format(sql.Identifier(_fn_name(rel, kind)))
 
 
 def _one(conn: psycopg.Connection[Any], query: Any, params: tuple[Any, ...] = ()) -> dict[str, Any]:
@@ -86,33 +89,6 @@ def _reason(reason: str, what: str) -> str:
     if not reason or not reason.strip():
         raise UsageError(f"{what} needs a reason: --reason TEXT")
     return reason
-
-
-# TODO(merge): replace with preflight.require(conn, step) once toolkit/preflight.py
-# (issue 7) is on main; until then the copy runs the step's check files itself.
-def _preflight(conn: psycopg.Connection[Any], step: str) -> list[str]:
-    """Run every checks/*.sql whose header lists ``step``, read-only; refuse on a violation."""
-    ran = []
-    for path in sorted(checks_dir().glob("*.sql")):
-        text = path.read_text(encoding="utf-8")
-        header = {
-            k.strip(): v.strip()
-            for k, _, v in (ln[2:].partition(":") for ln in text.splitlines() if ln.startswith("--"))
-        }
-        if step not in [s.strip() for s in header.get("steps", "").split(",")]:
-            continue
-        with conn.transaction(), conn.cursor() as cur:
-            cur.execute("SET TRANSACTION READ ONLY")
-            rows = cur.execute(text.encode()).fetchall()
-        ran.append(header.get("id", path.stem))
-        if rows and header.get("severity") == "error":
-            raise KeyshiftError(
-                f"pre-flight check {header.get('id', path.stem)} failed for step {step} "
-                f"({len(rows)} violations, first: {rows[0]}): {header.get('summary', '')}; "
-                f"remedy: {header.get('remedy', 'see ' + path.name)}",
-                EXIT_FAIL,
-            )
-    return ran
 
 
 def counts(conn: psycopg.Connection[Any], rel: Relocation) -> dict[str, Any]:
@@ -158,7 +134,7 @@ def copy(dsn: str | None, which: str, batch_size: int | None = None, reason: str
     started = time.monotonic()
     with db.connection(dsn, autocommit=True) as conn:
         _require(conn, rel)
-        checks = _preflight(conn, rel.preflight_step)
+        checks = [r.id for r in preflight.require(conn, rel.preflight_step).results]
         limit = _batch_size(conn, rel, batch_size)
         with conn.transaction():
             mode = _one(conn, sql.SQL("SELECT {}(%s) AS m").format(_fn(rel, "copy_start")), (reason,))["m"]
@@ -190,21 +166,41 @@ def copy(dsn: str | None, which: str, batch_size: int | None = None, reason: str
     return result
 
 
+def _view_change(conn: psycopg.Connection[Any], rel: Relocation, kind: str, reason: str) -> dict[str, Any]:
+    """Call the switch or rollback function: one transaction that replaces the reader view."""
+    with conn.transaction():
+        # The view's ACCESS EXCLUSIVE lock waits for running readers; a short
+        # lock_timeout keeps new readers from queueing behind it for long.
+        conn.execute("SET LOCAL lock_timeout = '5s'")
+        return _one(conn, sql.SQL("SELECT * FROM {}(%s)").format(_fn(rel, kind)), (reason,))
+
+
 def switch(dsn: str | None, which: str, reason: str) -> dict[str, Any]:
     """Readers to the target, in the transaction that records it (refused unless every day matches)."""
     rel = lookup(which)
     with db.connection(dsn, autocommit=True) as conn:
         _require(conn, rel)
-        with conn.transaction():
-            # The view's ACCESS EXCLUSIVE lock waits for running readers; do not
-            # queue every new reader behind it for long.
-            conn.execute("SET LOCAL lock_timeout = '5s'")
-            rows = _one(
-                conn, sql.SQL("SELECT {}(%s) AS n").format(_fn(rel, "switch")), (_reason(reason, "switch"),)
-            )
+        rows = _view_change(conn, rel, "switch", _reason(reason, "switch"))
         state = _one(conn, "SELECT step, switched_at FROM keyshift.relocations WHERE name = %s", (rel.name,))
         soak = _setting(conn, _require(conn, rel)["soak_setting"])
-    return {"relocation": rel.name, "rows": int(rows["n"]), **state, "soak_window": soak}
+    return {"relocation": rel.name, "rows": int(rows[_fn_name(rel, "switch")]), **state, "soak_window": soak}
+
+
+def _keyset_batches(
+    conn: psycopg.Connection[Any], rel: Relocation, kind: str, limit: int, summed: tuple[str, ...]
+) -> dict[str, int]:
+    """Call a batch function (p_after, p_limit) one transaction at a time until it returns no key."""
+    totals = dict.fromkeys(("batches", *summed), 0)
+    cursor = None
+    while True:
+        with conn.transaction():
+            row = _one(conn, sql.SQL("SELECT * FROM {}(%s, %s)").format(_fn(rel, kind)), (cursor, limit))
+        if row["last_key"] is None:
+            return totals
+        totals["batches"] += 1
+        for key in summed:
+            totals[key] += int(row[key])
+        cursor = row["last_key"]
 
 
 def cleanup(
@@ -226,25 +222,12 @@ def cleanup(
             start = _one(
                 conn, sql.SQL("SELECT {}(%s, %s) AS s").format(_fn(rel, "cleanup_start")), (force, reason)
             )["s"]
-        marked, batches, cursor = 0, 0, None
-        while True:
-            with conn.transaction():
-                row = _one(
-                    conn,
-                    sql.SQL("SELECT * FROM {}(%s, %s)").format(_fn(rel, "cleanup_batch")),
-                    (cursor, limit),
-                )
-            if row["last_key"] is None:
-                break
-            batches += 1
-            marked += int(row["rows_marked"])
-            cursor = row["last_key"]
+        totals = _keyset_batches(conn, rel, "cleanup_batch", limit, ("rows_marked",))
         state = _one(conn, "SELECT step, cleaned_at FROM keyshift.relocations WHERE name = %s", (rel.name,))
         return {
             "relocation": rel.name,
             **start,
-            "rows_marked": marked,
-            "batches": batches,
+            **totals,
             **state,
             **counts(conn, rel),
         }
@@ -262,25 +245,14 @@ def purge(
             resumed = _one(conn, sql.SQL("SELECT {}(%s) AS r").format(_fn(rel, "purge_start")), (reason,))[
                 "r"
             ]
-        deleted, kept, batches, cursor = 0, 0, 0, None
-        while True:
-            with conn.transaction():
-                row = _one(
-                    conn, sql.SQL("SELECT * FROM {}(%s, %s)").format(_fn(rel, "purge_batch")), (cursor, limit)
-                )
-            if row["last_key"] is None:
-                break
-            batches += 1
-            deleted += int(row["rows_deleted"])
-            kept += int(row["rows_kept"])
-            cursor = row["last_key"]
+        totals = _keyset_batches(conn, rel, "purge_batch", limit, ("rows_deleted", "rows_kept"))
         state = _one(conn, "SELECT step, purged_at FROM keyshift.relocations WHERE name = %s", (rel.name,))
         return {
             "relocation": rel.name,
             "resumed": resumed,
-            "rows_deleted": deleted,
-            "rows_dead_lettered": kept,
-            "batches": batches,
+            "rows_deleted": totals["rows_deleted"],
+            "rows_dead_lettered": totals["rows_kept"],
+            "batches": totals["batches"],
             **state,
             **counts(conn, rel),
         }
@@ -291,13 +263,7 @@ def rollback(dsn: str | None, which: str, reason: str) -> dict[str, Any]:
     rel = lookup(which)
     with db.connection(dsn, autocommit=True) as conn:
         _require(conn, rel)
-        with conn.transaction():
-            conn.execute("SET LOCAL lock_timeout = '5s'")
-            row = _one(
-                conn,
-                sql.SQL("SELECT * FROM {}(%s)").format(_fn(rel, "rollback")),
-                (_reason(reason, "rollback"),),
-            )
+        row = _view_change(conn, rel, "rollback", _reason(reason, "rollback"))
         return {"relocation": rel.name, **row, "step": "rolled_back", **counts(conn, rel)}
 
 

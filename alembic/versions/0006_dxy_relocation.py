@@ -38,8 +38,9 @@ PAIR_SPEC = {
     "bucket_by": "ts:day",
     "source_marker": "relocated_at",
 }
-# Frozen parameters of the relocation (sql/templates/relocation.sql.j2).
-RELOCATION = dict(
+# Frozen parameters shared by the relocation (sql/templates/relocation.sql.j2)
+# and its write function (relocation_write.sql.j2).
+SLICE = dict(
     name=NAME,
     source_schema="market",
     source_table="derived_data_bars",
@@ -47,9 +48,12 @@ RELOCATION = dict(
     target_schema="market",
     target_table="data_bars",
     target_slice=TARGET_SLICE,
-    carried_columns=["ts", *BAR_COLUMNS],
     cursor_column="ts",
     target_unique=["instrument_key", "timeframe", "ts"],
+)
+RELOCATION = dict(
+    SLICE,
+    carried_columns=["ts", *BAR_COLUMNS],
     marker_column="relocated_at",
     view_schema="market",
     view_name="bars_1m",
@@ -59,7 +63,7 @@ RELOCATION = dict(
     registered_by=revision,
 )
 WRITE = dict(
-    name=NAME,
+    SLICE,
     function_schema="market",
     function_name="write_dxy_bar",
     arguments=[
@@ -71,16 +75,11 @@ WRITE = dict(
         ["volume", "int8"],
     ],
     defaults={"volume": 0},
-    source_schema="market",
-    source_table="derived_data_bars",
-    source_slice=SOURCE_SLICE,
-    target_schema="market",
-    target_table="data_bars",
-    target_slice=TARGET_SLICE,
-    cursor_column="ts",
-    target_unique=["instrument_key", "timeframe", "ts"],
     source_stamp="computed_at",
-    description="Write one DXY 1m bar (upsert): data_bars, and derived_data_bars until cleanup; returns the relocation step",
+    description=(
+        "Write one DXY 1m bar (upsert): data_bars, and derived_data_bars until cleanup; "
+        "returns the relocation step"
+    ),
 )
 
 
