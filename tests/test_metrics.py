@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -12,7 +10,7 @@ import psycopg
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.legacy import make_legacy_db
-from toolkit import backfill
+from toolkit import backfill, relocation
 
 
 def parse(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -118,16 +116,7 @@ def test_bad_textfile_and_bare_database_exit_2(
 
 
 def test_relocation_metrics_follow_the_relocation(cli: Callable, head_dsn: str) -> None:  # type: ignore[type-arg]
-    """Step and soak time left of each relocation (revision dxy_relocation, issue 5).
-
-    Before the relocation module is part of keyshift there is no relocation
-    table, and the metrics must show no relocation sample at all.
-    """
-    if importlib.util.find_spec("toolkit.relocation") is None:
-        m = parse(cli("metrics", dsn=head_dsn).stdout)
-        assert not [k for k in m if k[0].startswith("keyshift_relocation_")]
-        return
-    relocation = importlib.import_module("toolkit.relocation")
+    """Step and soak time left of each relocation (revision dxy_relocation)."""
     with psycopg.connect(head_dsn, autocommit=True) as conn:
         conn.execute(
             "INSERT INTO market.derived_data_bars (symbol, timeframe, ts, open, high, low, close)"

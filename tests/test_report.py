@@ -15,6 +15,7 @@ from selenium.webdriver.common.by import By
 
 from tests.legacy import make_legacy_db
 from toolkit import backfill, phases
+from toolkit.resources import checks_dir
 
 HOSTILE = '<script>alert("x")</script> & <b>bold</b>'
 
@@ -142,6 +143,14 @@ def test_report_opens_in_chromium_with_the_numbers(
     assert [b.get_attribute("fill") for b in bars] == ["#c62828", "#2e7d32", "#c62828"]
     heights = [float(b.get_attribute("height") or 0) for b in bars]
     assert heights == pytest.approx([0.96 * 160, 160, 160])
+
+    checks = {
+        r.find_elements(By.TAG_NAME, "td")[0].text: r.text
+        for r in browser.find_elements(By.CSS_SELECTOR, "#preflight tr")[1:]
+    }
+    assert checks["unmapped_tokens"].startswith("unmapped_tokens error fail")  # token 999 of the bars
+    assert len(checks) == len(list(Path(checks_dir()).glob("*.sql")))  # every shipped check ran
+    assert "pre-flight: " in summary and "error(s)" in summary
 
     letters = browser.find_element(By.ID, "dead-letters").text
     assert HOSTILE in letters  # shown as text, not run or rendered as markup

@@ -11,8 +11,7 @@ geometry is computed here, so the page has no script and no external asset.
 from __future__ import annotations
 
 import datetime as dt
-import importlib
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ import jinja2
 import psycopg
 from psycopg.rows import dict_row
 
-from toolkit import control
+from toolkit import control, preflight
 from toolkit.errors import UsageError
 
 TEMPLATE = "report.html.j2"
@@ -64,19 +63,6 @@ def _rows(conn: psycopg.Connection[Any], query: str) -> list[dict[str, Any]]:
         return list(cur.fetchall())
 
 
-def _preflight_runner() -> Callable[[psycopg.Connection[Any]], list[dict[str, Any]]] | None:
-    """Every pre-flight check (toolkit.preflight, when this keyshift has it)."""
-    try:
-        preflight = importlib.import_module("toolkit.preflight")
-    except ImportError:
-        return None
-
-    def results(conn: psycopg.Connection[Any]) -> list[dict[str, Any]]:
-        return [dict(vars(r)) for r in preflight.run(conn, "all").results]
-
-    return results
-
-
 def collect(conn: psycopg.Connection[Any]) -> dict[str, Any]:
     """Everything the report shows, from one snapshot of the control schema (conn idle)."""
     with conn.transaction():
@@ -93,9 +79,8 @@ def collect(conn: psycopg.Connection[Any]) -> dict[str, Any]:
             "runs": _rows(conn, _RUNS),
             "dead_letters": _rows(conn, _DEAD_LETTERS),
         }
-    runner = _preflight_runner()
-    # Pre-flight runs its own READ ONLY transaction, after the snapshot.
-    data["preflight"] = runner(conn) if runner else None
+    # Pre-flight runs every check in its own READ ONLY transaction, after the snapshot.
+    data["preflight"] = [dict(vars(r)) for r in preflight.run(conn, "all").results]
     return data
 
 
@@ -232,8 +217,8 @@ def view_model(data: dict[str, Any]) -> dict[str, Any]:
     open_letters = sum(d["open"] for d in data["dead_letters"])
     failing = [h["pair"] for h in history if h["last"]["verdict"] != "pass"]
     unfinished = [b["table"] for b in data["backfill"] if b["status"] != "done"]
-    preflight = None if data["preflight"] is None else [preflight_row(r) for r in data["preflight"]]
-    preflight_errors = [r for r in preflight or [] if r["blocking"]]
+    checks = [preflight_row(r) for r in data["preflight"]]
+    preflight_errors = [r for r in checks if r["blocking"]]
     ready = not failing and not open_letters and not unfinished and not preflight_errors and bool(history)
     return {
         **data,
@@ -244,7 +229,7 @@ def view_model(data: dict[str, Any]) -> dict[str, Any]:
         "open_letters": open_letters,
         "failing_pairs": failing,
         "unfinished_backfills": unfinished,
-        "preflight": preflight,
+        "preflight": checks,
         "preflight_errors": preflight_errors,
         "ready": ready,
         "phase_colours": PHASE_COLOURS,
