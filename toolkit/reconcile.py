@@ -293,11 +293,15 @@ def kind_relocation(
 
 KEY_COVERAGE = """
 WITH r AS (
-    SELECT {identity} AS key, t.{token}::text AS token, t.{key} AS actual,
-           CASE WHEN t.{key} IS NOT NULL AND t.{token} IS NOT NULL
-                THEN instrument_registry.resolve_key({broker}, t.{token},
-                                                     COALESCE({at}, pg_catalog.now())) END AS expected
-      FROM {src} AS t),
+    -- resolve_key's answer as a join (periods of a token never overlap, so at most one
+    -- row matches): one hash join instead of a function call, and its executor, per row.
+    SELECT {identity} AS key, t.{token}::text AS token, t.{key} AS actual, m.instrument_key AS expected
+      FROM {src} AS t
+      LEFT JOIN instrument_registry.broker_instrument_tokens AS m
+        ON t.{key} IS NOT NULL
+       AND m.broker = {broker} AND m.instrument_token = t.{token}
+       AND m.valid_from <= COALESCE({at}, pg_catalog.now())
+       AND (m.valid_to IS NULL OR m.valid_to > COALESCE({at}, pg_catalog.now()))),
 c AS MATERIALIZED (
     SELECT *, CASE WHEN actual IS NULL THEN 'null_key'
                    WHEN token IS NULL THEN NULL
