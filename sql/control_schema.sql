@@ -524,3 +524,55 @@ COMMENT ON COLUMN keyshift.flow_state.started_at IS 'Start of the current pass';
 COMMENT ON COLUMN keyshift.flow_state.updated_at IS 'Last checkpoint';
 COMMENT ON COLUMN keyshift.flow_state.finished_at IS 'End of the last complete pass';
 COMMENT ON COLUMN keyshift.flow_state.details IS 'Anything else the flow records';
+
+-- ---------------------------------------------------------------- reconciliation pairs and verdicts
+SELECT keyshift.define_setting('reconcile.lenient_threshold', 'numeric', '99.95',
+    'Match percentage (0-100) a pair needs to pass keyshift reconcile --mode lenient; strict needs 100');
+
+CREATE FUNCTION keyshift.register_pair(p_name text, p_kind text, p_spec jsonb, p_description text,
+                                       p_registered_by text)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = keyshift, pg_catalog, pg_temp
+AS $fn$
+BEGIN
+    IF pg_catalog.jsonb_typeof(p_spec) IS DISTINCT FROM 'object' THEN
+        RAISE EXCEPTION 'reconcile pair %: spec must be a JSON object', p_name
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    INSERT INTO keyshift.reconcile_pairs (name, kind, spec, description, registered_by)
+    VALUES (p_name, p_kind, p_spec, p_description, p_registered_by)
+    ON CONFLICT (name) DO UPDATE
+       SET kind = excluded.kind, spec = excluded.spec, description = excluded.description,
+           registered_by = excluded.registered_by, registered_at = pg_catalog.now();
+END
+$fn$;
+COMMENT ON FUNCTION keyshift.register_pair(text, text, jsonb, text, text) IS 'Register (or replace) a pair that keyshift reconcile NAME and --all compare; revisions call this';
+-- ---------------------------------------------------------------- pre-flight checks (checks/*.sql)
+-- Thresholds the checks bind as parameters (their "-- params:" header line).
+SELECT keyshift.define_setting('preflight.statement_timeout', 'interval', '10 seconds',
+    'Longest one pre-flight check may run (its statement_timeout)');
+SELECT keyshift.define_setting('preflight.lock_timeout', 'interval', '1 second',
+    'Longest a pre-flight check waits for a lock: a check never queues behind DDL');
+SELECT keyshift.define_setting('preflight.min_server_version_num', 'int', '130000',
+    'Oldest server_version_num check server_version_supported accepts');
+SELECT keyshift.define_setting('preflight.required_extensions', 'text', 'plpgsql,btree_gist',
+    'Extensions (comma-separated) the revisions need available on the server');
+SELECT keyshift.define_setting('preflight.max_transaction_age', 'interval', '5 minutes',
+    'A transaction open longer than this fails check long_transactions');
+SELECT keyshift.define_setting('preflight.max_idle_in_transaction', 'interval', '1 minute',
+    'A session idle in transaction longer than this fails check idle_in_transaction');
+SELECT keyshift.define_setting('preflight.max_lock_hold', 'interval', '10 seconds',
+    'A lock on a table the step touches, held by a transaction older than this, fails check locks_on_step_tables');
+SELECT keyshift.define_setting('preflight.max_prepared_age', 'interval', '1 minute',
+    'A prepared transaction older than this fails check prepared_transactions');
+SELECT keyshift.define_setting('preflight.max_replication_lag_bytes', 'int', '67108864',
+    'A standby further behind than this many bytes of WAL fails check replication_lag');
+SELECT keyshift.define_setting('preflight.max_slot_retained_bytes', 'int', '1073741824',
+    'An inactive replication slot retaining this many bytes of WAL or more fails check inactive_replication_slots');
+SELECT keyshift.define_setting('preflight.max_open_dead_letters', 'int', '1000',
+    'More open dead letters than this fails check dead_letter_backlog');
+SELECT keyshift.define_setting('preflight.max_sequence_used_fraction', 'numeric', '0.75',
+    'A sequence that has used this fraction of its range (or of its column''s type) fails check sequence_exhaustion');
+SELECT keyshift.define_setting('preflight.max_xid_age', 'int', '1000000000',
+    'A database whose oldest unfrozen transaction id is older than this fails check xid_wraparound (wraparound stops writes at 2^31)');

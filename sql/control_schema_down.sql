@@ -4,6 +4,7 @@ DROP TABLE IF EXISTS keyshift.flow_state;
 DROP FUNCTION IF EXISTS keyshift.resolve_dead_letter(bigint, text);
 DROP FUNCTION IF EXISTS keyshift.retry_dead_letter(bigint);
 DROP TABLE IF EXISTS keyshift.dead_letter_sources;
+DROP FUNCTION IF EXISTS keyshift.register_pair(text, text, jsonb, text, text);
 DROP TABLE IF EXISTS keyshift.reconcile_runs;
 DROP TABLE IF EXISTS keyshift.reconcile_pairs;
 DROP FUNCTION IF EXISTS keyshift.dead_letter(text, text, jsonb, jsonb, text);

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -23,6 +24,13 @@ TABLE = "market.data_bars"
 
 def connect(dsn: str) -> psycopg.Connection[Any]:
     return psycopg.connect(dsn, autocommit=True)
+
+
+def batches_done(dsn: str) -> int:
+    with connect(dsn) as conn:
+        row = conn.execute("SELECT count(*) FROM keyshift.backfill_batches WHERE outcome = 'ok'").fetchone()
+    assert row is not None
+    return int(row[0])
 
 
 def table_state(dsn: str) -> tuple[Any, ...]:
@@ -111,14 +119,20 @@ def test_killed_client_resumes_to_the_same_state(legacy: str, new_db: Callable[.
     set_setting(legacy, "backfill.pause_ms", "150")
     env = {**os.environ, "PYTHONPATH": os.getcwd()}
     kills = 0
+    rng = random.Random(7)
     for _ in range(3):
+        before = batches_done(legacy)
         proc = subprocess.Popen(
             [sys.executable, "-m", "toolkit", "backfill", TABLE, "--batch-size", "30", "--dsn", legacy],
             env=env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        time.sleep(0.6)
+        # Kill at a random point once this run has committed a batch (start-up time varies with load).
+        deadline = time.monotonic() + 60
+        while batches_done(legacy) == before and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(rng.uniform(0, 0.3))
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
             kills += 1

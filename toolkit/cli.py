@@ -24,6 +24,7 @@ from toolkit import backfill as backfill_module
 from toolkit import dlq as dlq_module
 from toolkit import memberships as memberships_module
 from toolkit import phases as phases_module
+from toolkit import reconcile as reconcile_module
 from toolkit import registry as registry_module
 from toolkit.errors import EXIT_FAIL, EXIT_USAGE, KeyshiftError, UsageError
 from toolkit.render import render as render_template
@@ -51,6 +52,34 @@ class KeyshiftGroup(click.Group):
                 # The server went away mid-command: what committed stays committed.
                 fail(f"lost the database connection: {db.describe_pg_error(exc)}", EXIT_USAGE)
             fail(db.describe_pg_error(exc), EXIT_FAIL)
+        except click.UsageError as exc:
+            usage_error(exc)
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as exc:
+            usage_error(exc)
+            raise
+
+
+# click >= 8.2 raises this for a group called without a command; it prints the help.
+_HELP_REQUESTS: tuple[type[Exception], ...] = tuple(
+    e for e in (getattr(click.exceptions, "NoArgsIsHelpError", None),) if e is not None
+)
+
+
+def usage_error(exc: click.UsageError) -> None:
+    """A bad option, argument or command as one line (click's own prints usage lines too)."""
+    if isinstance(exc, _HELP_REQUESTS):
+        raise exc
+    names: list[str] = []
+    ctx = exc.ctx
+    while ctx is not None and ctx.parent is not None:  # the root's name is the program's
+        names.insert(0, ctx.info_name or "")
+        ctx = ctx.parent
+    where = " ".join(["keyshift", *names])
+    fail(f"{where}: {exc.format_message().rstrip('.')}; see {where} --help", EXIT_USAGE)
 
 
 def dsn_option(fn: F) -> F:
@@ -504,3 +533,595 @@ def retention_run(flow: str, dry_run: bool, dsn: str | None, as_json: bool) -> N
         f"{result['rows_moved']:,} memberships archived then deleted in {result['batches']} batches; "
         f"live {result['registry_rows']:,}, archived {result['archived_rows']:,}"
     )
+
+
+# ---------------------------------------------------------------- reconcile
+
+
+@main.command()
+@click.argument("name", required=False)
+@click.option("--all", "all_pairs", is_flag=True, help="Every registered pair.")
+@click.option("--source", help="Ad hoc: the source relation, schema.table.")
+@click.option("--target", help="Ad hoc: the target relation, schema.table.")
+@click.option("--key", help="Ad hoc: the key columns, COL[,COL].")
+@click.option("--columns", help="Ad hoc: the columns compared (default: all shared by both sides).")
+@click.option(
+    "--slice", "slices", multiple=True, metavar="COL=VALUE", help="Ad hoc: only rows with COL = VALUE."
+)
+@click.option(
+    "--bucket-by", metavar="COL:day|hour|N", help="Buckets by time or by a width (default: key hash)."
+)
+@click.option(
+    "--tolerance",
+    "tolerances",
+    multiple=True,
+    metavar="COL=abs:N|rel:N|precision:UNIT",
+    help="Ad hoc: a column's tolerance (default exact); UNIT second, minute ...",
+)
+@click.option("--mode", type=click.Choice(reconcile_module.MODES), default="strict", show_default=True)
+@click.option("--max-rows", type=click.IntRange(min=0), default=100, show_default=True, help="Rows listed.")
+@click.option("--history", "show_history", is_flag=True, help="List past runs (of NAME, or all).")
+@click.option("--serial", is_flag=True, help="One backend instead of two sharing a snapshot.")
+@dsn_option
+@json_option
+@click.pass_context
+def reconcile(
+    ctx: click.Context,
+    name: str | None,
+    all_pairs: bool,
+    source: str | None,
+    target: str | None,
+    key: str | None,
+    columns: str | None,
+    slices: tuple[str, ...],
+    bucket_by: str | None,
+    tolerances: tuple[str, ...],
+    mode: str,
+    max_rows: int,
+    show_history: bool,
+    serial: bool,
+    dsn: str | None,
+    as_json: bool,
+) -> None:
+    """Compare two relations by counts and checksums per bucket, listing the rows that differ.
+
+    NAME runs a registered pair, --all all of them; --source/--target/--key compare
+    two relations ad hoc. Exit 0 when every pair passes, 1 when one does not.
+    """
+    adhoc = any((source, target, key, columns, slices, bucket_by, tolerances))
+    if show_history:
+        with db.connection(dsn, autocommit=True) as conn:
+            rows = reconcile_module.history(conn, name)
+        if as_json:
+            output.echo_json(rows)
+        else:
+            click.echo(output.table(rows))
+        return
+    if sum((bool(name), all_pairs, adhoc)) != 1:
+        raise UsageError("give one of: a pair NAME, --all, or --source/--target/--key (ad hoc)")
+    if adhoc and not (source and target and key):
+        raise UsageError("an ad-hoc reconcile needs --source, --target and --key")
+    options: dict[str, Any] = {"mode": mode, "max_rows": max_rows}
+    if not serial:
+        options["helper_dsn"] = db.resolve_dsn(dsn)
+    with db.connection(dsn, autocommit=True) as conn, _reconcile_progress(not as_json) as show:
+        options["progress"] = show
+        if all_pairs:
+            results = reconcile_module.run_all(conn, **options)
+        elif name:
+            results = [reconcile_module.run_pair(conn, name, **options)]
+        else:
+            results = [
+                reconcile_module.run_adhoc(
+                    conn,
+                    str(source),
+                    str(target),
+                    _csv(key) or [],
+                    _csv(columns),
+                    _pairs("--slice", slices),
+                    bucket_by,
+                    _pairs("--tolerance", tolerances),
+                    **options,
+                )
+            ]
+    if as_json:
+        output.echo_json([r.as_dict() for r in results])
+    elif not results:
+        click.echo("no registered reconcile pairs")
+    else:
+        for r in results:
+            _print_result(r)
+    if not all(r.passed for r in results):
+        ctx.exit(EXIT_FAIL)
+
+
+def _csv(text: str | None) -> list[str] | None:
+    return [part.strip() for part in text.split(",")] if text else None
+
+
+def _pairs(option: str, items: tuple[str, ...]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        column, sep, value = item.partition("=")
+        if not sep or not column:
+            raise UsageError(f"{option} {item!r} is not COL=VALUE")
+        out[column] = value
+    return out
+
+
+@contextlib.contextmanager
+def _reconcile_progress(enabled: bool) -> Iterator[Callable[[reconcile_module.Progress], None]]:
+    """Progress on stderr (a terminal only): the step and buckets done of total."""
+    if not enabled or not sys.stderr.isatty():
+        yield lambda _p: None
+        return
+
+    def show(p: reconcile_module.Progress) -> None:
+        click.echo(f"\r{p.step}: {p.done}/{p.total}\033[K", nl=False, err=True)
+
+    yield show
+    click.echo("\r\033[K", nl=False, err=True)
+
+
+def _print_result(r: reconcile_module.Result) -> None:
+    output.heading(f"{r.pair} ({r.kind}): {r.verdict.upper()}")
+    click.echo(
+        f"{r.source} -> {r.target}; mode {r.mode} (needs {r.threshold * 100:g}%); "
+        f"match {r.match_ratio * 100:.4f}%; rows {r.rows_source:,} / {r.rows_target:,}, "
+        f"matched {r.rows_matched:,}; buckets mismatched {r.buckets_mismatched} of {r.buckets_total}; "
+        f"{r.duration_ms:,.0f} ms; run {r.run_id}"
+    )
+    for note in r.notes:
+        click.echo(f"note: {note}")
+    if r.categories:
+        click.echo(", ".join(f"{k}: {v:,}" for k, v in sorted(r.categories.items())))
+    rows = [
+        {
+            "category": d.category,
+            "key": ", ".join(f"{k}={v}" for k, v in d.key.items()),
+            "column": col,
+            "source": vals["source"],
+            "target": vals["target"],
+            "rows (source/target)": f"{d.source_rows}/{d.target_rows}",
+            "note": d.note,
+        }
+        for d in r.differences
+        for col, vals in (d.columns.items() or [("", {"source": None, "target": None})])
+    ]
+    if rows:
+        click.echo(output.table(rows))
+
+
+# ---------------------------------------------------------------- pre-flight checks
+
+
+@main.command()
+@click.option(
+    "--for", "step", metavar="STEP|all", default=None, help="Add the checks of STEP (all: every check)."
+)
+@click.option("--only", multiple=True, metavar="ID", help="Run only these checks, whatever their steps.")
+@click.option("--skip", multiple=True, metavar="ID", help="Leave these checks out.")
+@click.option(
+    "--checks-dir", type=click.Path(path_type=Path), default=None, help="More checks, one .sql file each."
+)
+@dsn_option
+@json_option
+def preflight(
+    step: str | None,
+    only: tuple[str, ...],
+    skip: tuple[str, ...],
+    checks_dir: Path | None,
+    dsn: str | None,
+    as_json: bool,
+) -> None:
+    """Run the pre-flight checks read-only; exit 1 when an error-severity check fails."""
+    # Imported here: other commands do not pay for loading the checks' machinery.
+    from toolkit import preflight as preflight_module
+
+    preflight_module.plan(step, only, skip, checks_dir)  # bad --for/--only/--skip: exit 2 before connecting
+    with db.connection(dsn) as conn:
+        report = preflight_module.run(conn, step, only, skip, checks_dir)
+    if as_json:
+        output.echo_json(report.as_dict())
+    else:
+        _print_preflight(report)
+    if not report.ok:
+        sys.exit(EXIT_FAIL)
+
+
+def _print_preflight(report: Any) -> None:
+    """The checks as a table, the rows of each failed one, and the verdict (a preflight.Report)."""
+    marks = {"pass": "pass", "fail": "FAIL", "error": "ERROR", "skipped": "skipped"}
+    rows = [
+        {
+            "check": r.id,
+            "severity": r.severity,
+            "status": marks[r.status] if r.severity == "error" or r.status != "fail" else "warn",
+            "violations": r.violations,
+            "remedy": r.remedy if r.status in ("fail", "error") else "",
+        }
+        for r in report.results
+    ]
+    click.echo(output.table(rows))
+    for r in report.results:
+        if r.status in ("fail", "error", "skipped"):
+            output.heading(f"\n{r.id}: {r.summary}")
+            click.echo(r.message if r.message else output.table(r.rows, r.columns))
+            if r.violations > len(r.rows):
+                click.echo(f"... {r.violations - len(r.rows)} more")
+    failed = [r.id for r in report.results if r.blocking]
+    verdict = f"FAILED ({', '.join(failed)})" if failed else "passed"
+    click.echo(f"\npre-flight for {report.step}: {verdict}; {len(report.results)} checks")
+
+
+# ---------------------------------------------------------------- lint
+
+
+@main.command()
+@click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
+@click.option("--revisions", is_flag=True, help="Lint the offline SQL of the whole revision chain (default).")
+@click.option(
+    "--trace-locks",
+    is_flag=True,
+    help="Also apply each revision to a throwaway database and report the locks it took and its rewrites.",
+)
+@dsn_option
+@json_option
+def lint(paths: tuple[Path, ...], revisions: bool, trace_locks: bool, dsn: str | None, as_json: bool) -> None:
+    """Find DDL that would lock or rewrite a busy table, in SQL files, templates and revisions.
+
+    With no PATHS the revision chain is linted. Exit 1 on any finding not
+    silenced by a `-- keyshift-lint: ignore=RULE reason="..."` comment.
+    --trace-locks needs a server (--dsn) where it may create a database.
+    """
+    from toolkit import lint as lint_module
+    from toolkit.lint_rules import lock_budget
+
+    report = lint_module.lint(paths, revisions=revisions)
+    traces = lock_budget.trace_locks(dsn) if trace_locks else []
+    for trace in traces:
+        report.findings.extend(lint_module.trace_findings(trace))
+    if as_json:
+        data = report.as_dict()
+        if trace_locks:
+            data["traces"] = [t.as_dict() for t in traces]
+        output.echo_json(data)
+    else:
+        _print_lint(report, traces)
+    if report.failed:
+        sys.exit(EXIT_FAIL)
+
+
+def _print_lint(report: Any, traces: list[Any]) -> None:
+    for trace in traces:
+        budget = f" (LOCK_BUDGET {trace.budget})" if trace.budget else ""
+        output.heading(
+            f"revision {trace.revision}: locks on tables that existed before it{budget}"
+            " (lines of its offline SQL)"
+        )
+        locks = [{**lock, "observed": "yes"} for lock in trace.locks]
+        locks += [{**lock, "observed": "no (outside a transaction)"} for lock in trace.unobserved]
+        click.echo(
+            output.table(
+                sorted(locks, key=lambda r: r["line"]), ["line", "table", "mode", "observed", "statement"]
+            )
+        )
+        click.echo(f"rewritten: {', '.join(trace.rewritten) or 'none'}\n")
+    rows = [
+        {
+            "where": f"{f.file}:{f.line}",
+            "rule": f.rule,
+            "severity": f.severity,
+            "finding": f.detail,
+            "silenced": f.silenced or "",
+        }
+        for f in report.findings
+    ]
+    if rows:
+        click.echo(output.table(rows))
+    summary = report.as_dict()
+    click.echo(
+        f"{summary['findings']} findings, {summary['silenced']} silenced, in {summary['scripts']} scripts"
+    )
+    for skipped in report.skipped:
+        click.echo(f"not linted: {skipped}")
+    for f in report.findings:
+        if f.silenced is None:
+            click.echo(f"hint [{f.rule}] {f.file}:{f.line}: {f.hint}")
+
+
+# ---------------------------------------------------------------- audit
+
+
+@main.group()
+def audit() -> None:
+    """Audits of what still depends on the old data model."""
+
+
+@audit.command("tokens")
+@click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
+@click.option(
+    "--database", is_flag=True, help="Also scan the database (the default when no PATHS are given)."
+)
+@dsn_option
+@json_option
+def audit_tokens(paths: tuple[Path, ...], database: bool, dsn: str | None, as_json: bool) -> None:
+    """Report every place that uses instrument_token as an identifier; exit 1 if any.
+
+    PATHS: SQL files, templates (as the revisions render them), Python files
+    (their SQL strings), or directories of them. With no PATHS, or with
+    --database: the database's columns, keys, indexes, functions, views,
+    triggers and pg_stat_statements.
+    """
+    from toolkit import audit as audit_module
+
+    usages = audit_module.audit_tokens(paths, dsn, database=database)
+    if as_json:
+        output.echo_json({"usages": len(usages), "results": [u.as_dict() for u in usages]})
+    else:
+        rows = [
+            {
+                "where": f"{u.where}:{u.line}" if u.line else u.where,
+                "source": u.source,
+                "context": u.context,
+                "statement": u.statement,
+            }
+            for u in usages
+        ]
+        if rows:
+            click.echo(output.table(rows))
+        click.echo(f"{len(usages)} uses of {audit_module.TOKEN}")
+    if usages:
+        sys.exit(EXIT_FAIL)
+
+
+# ---------------------------------------------------------------- relocate (issue 5)
+from toolkit import relocation as relocation_module  # noqa: E402
+
+
+@main.group()
+def relocate() -> None:
+    """Move a slice of rows to another table: copy, switch readers, soak, clean up, purge."""
+
+
+@relocate.group()
+def dxy() -> None:
+    """DXY 1m bars: market.derived_data_bars -> market.data_bars."""
+
+
+def _relocation_echo(result: dict[str, Any], as_json: bool, line: str) -> None:
+    if as_json:
+        output.echo_json(result)
+    else:
+        click.echo(line)
+
+
+@dxy.command("plan")
+@dsn_option
+@json_option
+def dxy_plan(dsn: str | None, as_json: bool) -> None:
+    """Show the step, the row counts on both sides and what comes next; change nothing."""
+    r = relocation_module.plan(dsn, "dxy")
+    _relocation_echo(
+        r,
+        as_json,
+        f"dxy_1m_bars at step {r['step']}: source {r['source_rows']:,} rows over {r['days']['n']} days "
+        f"({r['days']['first']} .. {r['days']['last']}), target {r['target_rows']:,} rows; next: {r['next']}",
+    )
+
+
+@dxy.command("copy")
+@click.option(
+    "--batch-size", type=click.IntRange(min=1), default=None, help="Rows per batch (setting dxy.batch_size)."
+)
+@click.option("--reason", default="DXY copy", show_default=True, help="Why (audit log).")
+@dsn_option
+@json_option
+def dxy_copy(batch_size: int | None, reason: str, dsn: str | None, as_json: bool) -> None:
+    """Copy the history in batches (resumable, idempotent), comparing per-day counts."""
+    r = relocation_module.copy(dsn, "dxy", batch_size, reason)
+    _relocation_echo(
+        r,
+        as_json,
+        f"dxy copy{' (resumed)' if r['resumed'] else ''}: {r['rows_read']:,} rows read, "
+        f"{r['rows_inserted']:,} inserted in {r['batches']} batches, "
+        f"{r['days_checked']} day counts compared, {len(r['mismatched_days'])} differ; "
+        f"source {r['source_rows']:,}, target {r['target_rows']:,}; "
+        f"step {r['step']} ({r['seconds']:.1f} s)",
+    )
+    if r["mismatched_days"]:
+        if not as_json:
+            click.echo(output.table([{"day": d, **v} for d, v in r["mismatched_days"].items()]))
+        fail("the copy left days whose counts differ; readers were not switched", EXIT_FAIL)
+
+
+@dxy.command("switch")
+@click.option("--reason", required=True, help="Why (audit log).")
+@dsn_option
+@json_option
+def dxy_switch(reason: str, dsn: str | None, as_json: bool) -> None:
+    """Switch market.bars_1m to read DXY from data_bars only (one transaction)."""
+    r = relocation_module.switch(dsn, "dxy", reason)
+    _relocation_echo(
+        r,
+        as_json,
+        f"market.bars_1m reads DXY from market.data_bars ({r['rows']:,} bars) since {r['switched_at']}; "
+        f"soak window {r['soak_window']}",
+    )
+
+
+@dxy.command("health")
+@dsn_option
+@json_option
+def dxy_health(dsn: str | None, as_json: bool) -> None:
+    """Newest bar fresh, 5m and 1h aggregates advancing, no duplicate keys; exit 1 if not."""
+    r = relocation_module.health(dsn, "dxy")
+    if as_json:
+        output.echo_json(r)
+    else:
+        click.echo(output.table(r["checks"], ["check", "ok", "newest", "age", "limit"]))
+    if not r["ok"]:
+        sys.exit(EXIT_FAIL)
+
+
+@dxy.command("cleanup")
+@click.option("--force", is_flag=True, help="Override the soak window (needs --reason; audit-logged).")
+@click.option("--reason", default=None, help="Why (audit log); required with --force.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Rows per batch.")
+@dsn_option
+@json_option
+def dxy_cleanup(
+    force: bool, reason: str | None, batch_size: int | None, dsn: str | None, as_json: bool
+) -> None:
+    """Soft-delete the old rows, once the soak window has passed and the last reconciliation passed."""
+    if force and not reason:
+        raise UsageError("--force needs --reason TEXT (it goes to the audit log)")
+    reason = reason or "DXY cleanup"
+    r = relocation_module.cleanup(dsn, "dxy", force=force, reason=reason, batch_size=batch_size)
+    _relocation_echo(
+        r,
+        as_json,
+        f"dxy cleanup: {r['rows_marked']:,} source rows marked in {r['batches']} batches "
+        f"({r['source_marked']:,} marked of {r['source_rows']:,}); step {r['step']}",
+    )
+
+
+@dxy.command("purge")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Rows per batch.")
+@click.option("--reason", default="DXY purge", show_default=True, help="Why (audit log).")
+@dsn_option
+@json_option
+def dxy_purge(batch_size: int | None, reason: str, dsn: str | None, as_json: bool) -> None:
+    """Delete the marked rows in batches (only those data_bars holds)."""
+    r = relocation_module.purge(dsn, "dxy", reason=reason, batch_size=batch_size)
+    _relocation_echo(
+        r,
+        as_json,
+        f"dxy purge: {r['rows_deleted']:,} rows deleted in {r['batches']} batches, "
+        f"{r['rows_dead_lettered']:,} kept and dead-lettered (absent from data_bars); step {r['step']}",
+    )
+
+
+@dxy.command("rollback")
+@click.option("--reason", required=True, help="Why (audit log).")
+@dsn_option
+@json_option
+def dxy_rollback(reason: str, dsn: str | None, as_json: bool) -> None:
+    """Readers back to derived_data_bars; data_bars' DXY bars go back there first (before purge only)."""
+    r = relocation_module.rollback(dsn, "dxy", reason)
+    _relocation_echo(
+        r,
+        as_json,
+        f"dxy rolled back from step {r['from_step']}: {r['rows_restored']:,} bars restored to "
+        f"derived_data_bars, {r['rows_unmarked']:,} unmarked, {r['rows_removed']:,} removed from data_bars",
+    )
+
+
+@dxy.command("status")
+@dsn_option
+@json_option
+def dxy_status(dsn: str | None, as_json: bool) -> None:
+    """The step, soak time left, copy progress, last reconciliation and health results."""
+    r = relocation_module.status(dsn, "dxy")
+    if as_json:
+        output.echo_json(r)
+        return
+    click.echo(
+        f"dxy_1m_bars: step {r['step']}; source {r['source_rows']:,} rows "
+        f"({r['source_marked']:,} marked), target {r['target_rows']:,}"
+    )
+    if r["switched_at"]:
+        click.echo(f"switched at {r['switched_at']}; soak window {r['soak_window']}, left {r['soak_left']}")
+    if r["copy"]:
+        c = r["copy"]
+        click.echo(f"copy: {c['status']}, {c['rows_done']:,} rows inserted, cursor {c['last_key']}")
+    rec, health = r["last_reconcile"], r["last_health"]
+    rec_text = f"run {rec['id']} {rec['verdict']} at {rec['started_at']}" if rec else "none"
+    health_text = f"{health['status']} {health['details']}" if health else "none"
+    click.echo(f"last reconcile: {rec_text}; last health: {health_text}")
+
+
+# ---------------------------------------------------------------- metrics, report, demo (issue 10)
+
+
+@main.command()
+@click.option(
+    "--textfile",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="Write atomically to this *.prom file (node_exporter textfile collector) instead of stdout.",
+)
+@dsn_option
+def metrics(textfile: Path | None, dsn: str | None) -> None:
+    """Prometheus metrics: phases, backfill progress and rate, dead letters, reconciliation."""
+    from toolkit import metrics as metrics_module
+
+    with db.connection(dsn, autocommit=True) as conn:
+        if textfile is None:
+            click.echo(metrics_module.exposition(conn), nl=False)
+            return
+        metrics_module.write_textfile(conn, textfile)
+    click.echo(f"metrics written to {textfile}")
+
+
+@main.command()
+@click.option(
+    "--html",
+    "html_path",
+    required=True,
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Write the self-contained HTML page here.",
+)
+@dsn_option
+@json_option
+def report(html_path: Path, dsn: str | None, as_json: bool) -> None:
+    """Cutover report: phase timeline, backfill, reconciliation history, dead letters, pre-flight."""
+    from toolkit import report as report_module
+
+    with db.connection(dsn, autocommit=True) as conn:
+        summary = report_module.write(conn, html_path)
+    if as_json:
+        output.echo_json({"html": str(html_path), **summary})
+        return
+    verdict = "READY" if summary["ready"] else "NOT READY"
+    click.echo(f"report written to {html_path}: {verdict}")
+
+
+@main.command()
+@click.option(
+    "--rows",
+    type=click.IntRange(min=100),
+    default=200_000,
+    show_default=True,
+    help="Legacy minute bars to generate.",
+)
+@click.option("--keep", is_flag=True, help="Keep the scratch database (needs a configured server).")
+@dsn_option
+@json_option
+def demo(rows: int, keep: bool, dsn: str | None, as_json: bool) -> None:
+    """The whole migration on a generated legacy database: a scratch database, or an embedded server."""
+    from toolkit import demo as demo_module
+
+    echo = (lambda _line: None) if as_json else click.echo
+    outcomes, summary = demo_module.run(dsn, rows, keep, echo)
+    if as_json:
+        output.echo_json({"steps": [vars(o) for o in outcomes], "summary": summary})
+    else:
+        output.heading("\nsummary")
+        click.echo(
+            output.table(
+                [{"step": o.step, "status": o.status, "seconds": round(o.seconds, 1), "note": o.note}
+                 for o in outcomes]
+            )
+        )  # fmt: skip
+        figures = [
+            {"figure": "rows migrated (backfill)", "value": f"{summary['rows_migrated']:,}"},
+            {"figure": "rows/s (backfill)", "value": f"{summary['rows_per_second']:,}"},
+            *({"figure": f"reconciliation {p}", "value": v} for p, v in summary["reconciliation"].items()),
+            {"figure": "open dead letters", "value": f"{summary['open_dead_letters']:,}"},
+        ]
+        click.echo("\n" + output.table(figures))
+        verdict = "every step passed" if summary["passed"] else "NOT every step passed"
+        click.echo(f"\ndemo: {verdict} ({', '.join(f'{v} {k}' for k, v in summary['steps'].items() if v)})")
+    if not summary["passed"]:
+        sys.exit(EXIT_FAIL)

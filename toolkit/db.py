@@ -145,3 +145,12 @@ def is_connection_loss(exc: psycopg.Error) -> bool:
     if state is None:
         return isinstance(exc, psycopg.OperationalError)
     return state.startswith("08") or state in _CONNECTION_LOSS
+
+
+# libpq variables that name a server or a database (PGPASSWORD alone names none).
+_TARGET_VARIABLES = ("PGHOST", "PGHOSTADDR", "PGPORT", "PGDATABASE", "PGUSER", "PGSERVICE")
+
+
+def is_configured(dsn: str | None = None) -> bool:
+    """Whether a database is named: --dsn, DATABASE_URL, or libpq's PG* variables."""
+    return bool(dsn or os.environ.get("DATABASE_URL") or any(os.environ.get(v) for v in _TARGET_VARIABLES))

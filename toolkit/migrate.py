@@ -8,7 +8,11 @@ Nothing here reads data to decide what DDL to emit, so offline mode
 
 from __future__ import annotations
 
+import io
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -116,12 +120,14 @@ def execute_script(text: str, origin: str = "revision") -> None:
 
     from toolkit.parsing import needs_autocommit, validate
 
+    for recorder in _RECORDERS:
+        recorder.append((origin, text))
     for stmt in validate(text, origin=origin):
         if needs_autocommit(stmt):
             with op.get_context().autocommit_block():
                 op.execute(verbatim(stmt.text))
         else:
-            op.execute(verbatim(stmt.text))
+            execute_retrying(stmt.text)
 
 
 def verbatim(text: str) -> Any:
@@ -191,3 +197,113 @@ def require_revision(conn: Any, needed: str) -> str:
             EXIT_USAGE,
         )
     return current
+
+
+# ---------------------------------------------------------------- recording what revisions run
+
+# (origin, script) of every execute_script call while a recording is open:
+# the linter maps the offline SQL of a revision back to its sql/ files and
+# templates, and lints each template as the revisions render it.
+_RECORDERS: list[list[tuple[str, str]]] = []
+
+
+@contextmanager
+def recording() -> Iterator[list[tuple[str, str]]]:
+    """Collect the (origin, script) pairs execute_script runs inside the block."""
+    scripts: list[tuple[str, str]] = []
+    _RECORDERS.append(scripts)
+    try:
+        yield scripts
+    finally:
+        _RECORDERS.remove(scripts)
+
+
+# ---------------------------------------------------------------- retrying DDL on lock timeout
+
+DEFAULT_LOCK_RETRIES = 5
+LOCK_NOT_AVAILABLE = "55P03"
+
+
+def lock_retries() -> int:
+    """Attempts per statement (``-x lock_retries=N``, 1 to 20; default 5)."""
+    value = x_arguments().get("lock_retries", str(DEFAULT_LOCK_RETRIES))
+    if not value.isdigit() or not 1 <= int(value) <= 20:
+        raise UsageError(f"-x lock_retries={value!r} is not a number of attempts from 1 to 20")
+    return int(value)
+
+
+def backoff_seconds(attempt: int) -> float:
+    """Jittered exponential backoff before attempt ``attempt + 1``: 0.25 s doubling, capped at 8 s."""
+    import random
+
+    return float(min(8.0, 0.25 * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0))
+
+
+def execute_retrying(text: str) -> None:
+    """Run one statement of a revision; on a lock timeout, retry it with jittered backoff.
+
+    Online, each attempt runs under a SAVEPOINT, so a timed-out attempt rolls
+    back to it and the revision's transaction goes on; every attempt, the last
+    one too, runs with the revision's lock_timeout set again first, so no
+    attempt can wait for its lock without bound. The revision's earlier
+    statements keep their locks while it waits: keep the DDL of a revision on
+    busy tables short. Offline (``--sql``), the statement is written once:
+    retrying is the job of whoever runs the script.
+    """
+    import time
+
+    import sqlalchemy
+    from alembic import op
+
+    if op.get_context().as_sql:
+        op.execute(verbatim(text))
+        return
+    attempts = lock_retries()
+    lock_timeout = timeouts()[0]
+    bind = op.get_bind()
+    for attempt in range(1, attempts + 1):
+        try:
+            with bind.begin_nested():
+                bind.exec_driver_sql(
+                    sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(lock_timeout)).as_string(None)
+                )
+                op.execute(verbatim(text))
+            return
+        except sqlalchemy.exc.OperationalError as exc:
+            state = getattr(getattr(exc.orig, "diag", None), "sqlstate", None)
+            if state != LOCK_NOT_AVAILABLE or attempt == attempts:
+                raise
+            time.sleep(backoff_seconds(attempt))
+
+
+# ---------------------------------------------------------------- a revision's offline SQL
+
+
+@dataclass(frozen=True)
+class RevisionSql:
+    revision: str
+    path: str  # the revision's file, relative to the repository
+    sql: str  # what `alembic upgrade down:rev --sql` writes
+    recorded: list[tuple[str, str]]  # (origin, script) of every sql file and template it ran
+
+
+def revision_sql(revision: str) -> RevisionSql:
+    """The offline SQL of one revision, and the scripts it rendered."""
+    scripts = script()
+    rev = scripts.get_revision(revision)
+    if rev is None:
+        raise UsageError(f"no revision {revision!r}")
+    down = rev.down_revision
+    target = f"{down}:{rev.revision}" if isinstance(down, str) else rev.revision
+    cfg = config()
+    buffer = io.StringIO()
+    cfg.output_buffer = buffer
+    with recording() as recorded:
+        command.upgrade(cfg, target, sql=True)
+    path = Path(rev.path).relative_to(alembic_dir().parent).as_posix()
+    return RevisionSql(rev.revision, path, buffer.getvalue(), list(recorded))
+
+
+def chain() -> list[str]:
+    """The revisions from base to head."""
+    return [r.revision for r in reversed(list(script().walk_revisions("base", "heads")))]

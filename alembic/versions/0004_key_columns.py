@@ -51,10 +51,12 @@ def upgrade() -> None:
     migrate.run_sql_file("phases.sql")
     for table in TABLES:
         migrate.run_template("key_columns_table", **table)
+    migrate.run_sql_file("reconcile_pairs_key_columns.sql")
 
 
 def downgrade() -> None:
     migrate.set_timeouts()
+    migrate.run_sql_file("reconcile_pairs_key_columns_down.sql")
     for table in reversed(TABLES):
         migrate.run_template(
             "key_columns_table_down",

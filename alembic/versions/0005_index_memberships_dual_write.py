@@ -35,10 +35,12 @@ def upgrade() -> None:
     migrate.set_timeouts()
     migrate.run_sql_file("memberships.sql")
     migrate.run_template("dual_write", **DUAL_WRITE)
+    migrate.run_sql_file("reconcile_pairs_memberships.sql")
 
 
 def downgrade() -> None:
     migrate.set_timeouts()
+    migrate.run_sql_file("reconcile_pairs_memberships_down.sql")
     migrate.run_template(
         "dual_write_down",
         name=DUAL_WRITE["name"],
