@@ -81,6 +81,12 @@ class Writer(threading.Thread):
 def main() -> None:
     p = common.parser(__doc__.splitlines()[0], default_rows=5_000_000)
     p.add_argument("--writer-rate", type=float, default=50.0, help="writer inserts per second (default 50)")
+    p.add_argument(
+        "--quiet-seconds",
+        type=float,
+        default=None,
+        help="writer window without the backfill (default: the median backfill time, at least 5 s)",
+    )
     args = p.parse_args()
     info = common.server_info(args.dsn)
     with common.scratch_database(args.dsn, "ks_bench_backfill", args.keep) as dsn:
@@ -104,9 +110,10 @@ def main() -> None:
         with common.clone(dsn, "w") as copy:
             writer = Writer(copy, args.writer_rate)
             writer.start()
-            time.sleep(3)
+            quiet = args.quiet_seconds
+            time.sleep(min(3.0, quiet) if quiet is not None else 3.0)  # connected and warm
             quiet_from = time.perf_counter()
-            time.sleep(max(5.0, statistics.median(runs)))
+            time.sleep(quiet if quiet is not None else max(5.0, statistics.median(runs)))
             busy_from = time.perf_counter()
             backfill.run(copy, TABLE)
             busy_to = time.perf_counter()

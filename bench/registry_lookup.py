@@ -23,6 +23,17 @@ INPUTS = (
     " '2026-01-01'::timestamptz + random() * interval '40 days' AS at"
     " FROM generate_series(1, %s)"
 )
+# resolve_key's body as a LATERAL subquery: what the call would cost were it
+# inlined (a scalar SQL function whose body has a subquery never is, so each
+# call starts an executor of its own).
+LATERAL = (
+    "SELECT count(r.instrument_key) FROM inputs i LEFT JOIN LATERAL ("
+    " SELECT CASE WHEN t.broker = 'zerodha' AND t.instrument_token = i.tok"
+    " AND (t.valid_to IS NULL OR t.valid_to > i.at) THEN t.instrument_key END AS instrument_key"
+    " FROM instrument_registry.broker_instrument_tokens t"
+    " WHERE (t.broker, t.instrument_token, t.valid_from) <= ('zerodha', i.tok, i.at)"
+    " ORDER BY t.broker DESC, t.instrument_token DESC, t.valid_from DESC LIMIT 1) r ON true"
+)
 
 
 def main() -> None:
@@ -40,6 +51,7 @@ def main() -> None:
             ).fetchone() or (0,)
             per_call: list[float] = []
             floor: list[float] = []
+            lateral: list[float] = []
             for _ in range(args.runs):
                 conn.execute(
                     "CREATE TEMP TABLE IF NOT EXISTS inputs AS " + INPUTS.replace("%s", str(int(args.rows)))
@@ -52,6 +64,9 @@ def main() -> None:
                 started = time.perf_counter()
                 conn.execute("SELECT count(tok + 1) FROM inputs").fetchone()
                 floor.append((time.perf_counter() - started) / args.rows * 1e6)
+                started = time.perf_counter()
+                conn.execute(LATERAL).fetchone()
+                lateral.append((time.perf_counter() - started) / args.rows * 1e6)
                 conn.execute("DROP TABLE inputs")
             rng = random.Random(7)
             latencies = []
@@ -73,6 +88,13 @@ def main() -> None:
             per_call,
             floor,
             notes="floor: the same statement without the call",
+        ),
+        common.Figure(
+            "the same lookup as a LATERAL subquery",
+            "us/call",
+            lateral,
+            floor,
+            notes="resolve_key's body inlined by hand: what the call would cost if the planner inlined it",
         ),
         common.Figure("resolve_key calls per second", "calls/s", [1e6 / c for c in per_call]),
         common.Figure(

@@ -22,7 +22,9 @@ with seqs as (
               join pg_catalog.pg_class t on t.oid = d.refobjid
               join pg_catalog.pg_namespace tn on tn.oid = t.relnamespace
              where d.classid = 'pg_catalog.pg_class'::regclass
-               and d.objid = pg_catalog.to_regclass(pg_catalog.format('%I.%I', s.schemaname, s.sequencename))
+               and d.objid = (select sc.oid from pg_catalog.pg_class sc
+                               join pg_catalog.pg_namespace sn on sn.oid = sc.relnamespace
+                              where sn.nspname = s.schemaname and sc.relname = s.sequencename)
                and d.refclassid = 'pg_catalog.pg_class'::regclass
                and d.deptype in ('a', 'i') and d.refobjsubid > 0
              limit 1) col on true

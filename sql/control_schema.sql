@@ -574,3 +574,5 @@ SELECT keyshift.define_setting('preflight.max_open_dead_letters', 'int', '1000',
     'More open dead letters than this fails check dead_letter_backlog');
 SELECT keyshift.define_setting('preflight.max_sequence_used_fraction', 'numeric', '0.75',
     'A sequence that has used this fraction of its range (or of its column''s type) fails check sequence_exhaustion');
+SELECT keyshift.define_setting('preflight.max_xid_age', 'int', '1000000000',
+    'A database whose oldest unfrozen transaction id is older than this fails check xid_wraparound (wraparound stops writes at 2^31)');

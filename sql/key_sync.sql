@@ -33,17 +33,17 @@ LANGUAGE plpgsql STABLE SECURITY DEFINER
 SET search_path = keyshift, pg_catalog, pg_temp
 AS $fn$
 DECLARE
-    m record;
+    v text;
 BEGIN
-    SELECT t.phase, t.validation_mode, t.key_only_token_writes INTO m
+    -- One query, no nested keyshift.setting() call: this runs once per
+    -- statement on every token table, single-row INSERTs included.
+    SELECT t.phase || ':' || t.validation_mode || ':' || t.key_only_token_writes || ':'
+           || COALESCE((SELECT s.value FROM keyshift.settings s WHERE s.key = 'registry.legacy_broker'), '')
+      INTO v
       FROM keyshift.migrated_tables t
      WHERE t.table_schema = p_schema AND t.table_name = p_table;
-    IF NOT FOUND THEN
-        -- A table whose registration was removed keeps its trigger harmless.
-        RETURN 'token_only:strict:refuse:';
-    END IF;
-    RETURN m.phase || ':' || m.validation_mode || ':' || m.key_only_token_writes || ':'
-           || COALESCE(keyshift.setting('registry.legacy_broker'), '');
+    -- A table whose registration was removed keeps its trigger harmless.
+    RETURN COALESCE(v, 'token_only:strict:refuse:');
 END
 $fn$;
 COMMENT ON FUNCTION keyshift.key_sync_config(text, text) IS 'Phase, mode and broker of a table under migration, as one line for its sync trigger';

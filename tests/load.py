@@ -232,3 +232,50 @@ class MembershipWriter:
         mine = {k for k in found if k[0] == self.index}
         lost = sum(1 for k, v in self.committed.items() if found.get(k) != v)
         return lost + len(mine - set(self.committed))
+
+
+# ---------------------------------------------------------------- DXY bars through market.write_dxy_bar
+
+DXY_START = "2026-11-01 00:00:00+00"
+# The DXY bars of each side: (minute from DXY_START, close).
+DXY_BARS = {
+    "target": "SELECT (extract(epoch FROM ts - %s::timestamptz) / 60)::bigint, close::text"
+    " FROM market.data_bars WHERE instrument_key = 'DXY_ICE_INDEX' AND timeframe = '1m'",
+    "source": "SELECT (extract(epoch FROM ts - %s::timestamptz) / 60)::bigint, close::text"
+    " FROM market.derived_data_bars WHERE symbol = 'DXY' AND timeframe = '1m'",
+}
+
+
+def dxy_bars(conn: psycopg.Connection[Any], side: str) -> dict[int, str]:
+    return {int(m): c for m, c in conn.execute(DXY_BARS[side], (DXY_START,)).fetchall()}
+
+
+class DxyWriter:
+    """The DXY producer: new bars after the history, and corrections of historic bars, both
+    through market.write_dxy_bar. ``committed`` maps a bar's minute (from DXY_START) to the
+    close last committed."""
+
+    def __init__(self, writer_id: int, history_minutes: int) -> None:
+        self.writer_id = writer_id
+        self.history = history_minutes
+        self.committed: dict[int, str] = {}
+
+    def __call__(self, conn: psycopg.Connection[Any], i: int) -> None:
+        if i % 2:
+            # Writers correct disjoint historic minutes (by writer_id modulo 4).
+            minute = (i * 7919 * 4 + self.writer_id) % self.history
+            minute -= minute % 4 - self.writer_id % 4
+        else:
+            minute = self.history + 1_000 + self.writer_id * 1_000_000 + i
+        close = f"{200 + self.writer_id}.{i:06d}"
+        conn.execute(
+            "SELECT market.write_dxy_bar(%s::timestamptz + %s * interval '1 minute', %s::numeric,"
+            " %s::numeric + 1, %s::numeric - 1, %s::numeric, %s)",
+            (DXY_START, minute, close, close, close, close, i),
+        )
+        self.committed[minute] = close
+
+    def missing(self, conn: psycopg.Connection[Any]) -> int:
+        """Committed bars whose last close is not what data_bars holds."""
+        found = dxy_bars(conn, "target")
+        return sum(1 for m, c in self.committed.items() if found.get(m) != c)

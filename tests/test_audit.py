@@ -121,7 +121,7 @@ def test_template_as_the_revisions_render_it(cli: Callable[..., Result]) -> None
 def test_an_included_template_is_named_as_such(cli: Callable[..., Result]) -> None:
     result = cli("audit", "tokens", str(ROOT / "sql" / "templates" / "key_sync_trigger.sql.j2"))
     assert result.exit_code == 2
-    assert "no revision renders it on its own" in result.output
+    assert "no upgrade renders it on its own" in result.output
 
 
 # ---------------------------------------------------------------- the database (real Postgres at head)

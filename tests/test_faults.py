@@ -106,9 +106,10 @@ def test_backfill_sigkilled_at_random_points_under_writes_resumes_to_the_same_st
     kills = 0
     with load:
         for _ in range(4):
+            spawned = scalar(dsn, "SELECT clock_timestamp()")
             proc = keyshift("backfill", TABLE, "--batch-size", "200", "--dsn", dsn)
-            # Wait until the client is connected, then kill it at a random point: between
-            # batches or inside one (a batch commits or leaves no trace).
+            # Wait until this client runs its first batch (the backend of a killed one may
+            # linger), then kill it at a random point: between batches or inside one.
             deadline = time.monotonic() + 60
             while (
                 proc.poll() is None
@@ -116,7 +117,8 @@ def test_backfill_sigkilled_at_random_points_under_writes_resumes_to_the_same_st
                 and not scalar(
                     dsn,
                     "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%%backfill\\_\\_market%%'"
-                    " AND pid <> pg_backend_pid()",
+                    " AND pid <> pg_backend_pid() AND backend_start > %s",
+                    (spawned,),
                 )
             ):
                 time.sleep(0.01)
@@ -480,6 +482,7 @@ def test_retention_client_sigkilled_mid_batch_never_leaves_a_row_in_neither_plac
     rng = random.Random(9)
     kills = 0
     for _ in range(3):
+        spawned = scalar(dsn, "SELECT clock_timestamp()")
         proc = keyshift("retention", "run", "memberships", "--dsn", dsn)
         deadline = time.monotonic() + 60
         while (
@@ -488,7 +491,8 @@ def test_retention_client_sigkilled_mid_batch_never_leaves_a_row_in_neither_plac
             and not scalar(
                 dsn,
                 "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%%memberships\\_retention\\_batch%%'"
-                " AND pid <> pg_backend_pid()",
+                " AND pid <> pg_backend_pid() AND backend_start > %s",
+                (spawned,),
             )
         ):
             time.sleep(0.01)

@@ -17,7 +17,7 @@ import yaml
 from click.testing import Result
 
 from toolkit import lint, migrate
-from toolkit.lint_rules import all_rules
+from toolkit.lint_rules import all_rules, lock_budget
 
 CASES_DIR = Path(__file__).parent / "lint_cases"
 ROOT = Path(__file__).resolve().parent.parent
@@ -77,14 +77,14 @@ def test_finding_points_at_the_statement_inside_a_body() -> None:
 
 def test_shipped_revision_chain_lints_clean() -> None:
     report = lint.lint()
-    assert report.scripts == len(lint.chain()) >= 6
+    assert report.scripts == len(migrate.chain()) >= 6
     assert not report.failed, [f.as_dict() for f in report.findings if not f.silenced]
     for finding in report.findings:  # whatever is silenced says why
         assert finding.silenced and finding.silenced.strip()
 
 
 def test_each_revision_renders_offline_sql_with_its_sources() -> None:
-    rendered = lint.revision_sql("key_columns")
+    rendered = migrate.revision_sql("key_columns")
     assert rendered.path == "alembic/versions/0004_key_columns.py"
     origins = {lint.origin_file(o) for o, _ in rendered.recorded}
     assert "sql/key_sync.sql" in origins
@@ -149,7 +149,7 @@ def test_cli_template_shows_the_reason(cli: Callable[..., Result]) -> None:
 def test_cli_revisions_flag_lints_the_chain(cli: Callable[..., Result]) -> None:
     result = cli("lint", "--revisions", "--json")
     assert result.exit_code == 0, result.output
-    assert json.loads(result.output)["scripts"] == len(lint.chain())
+    assert json.loads(result.output)["scripts"] == len(migrate.chain())
 
 
 @pytest.mark.parametrize(
@@ -181,7 +181,7 @@ def test_trace_locks_on_the_chain(cli: Callable[..., Result], empty_dsn: str) ->
     result = cli("lint", "--trace-locks", "--json", dsn=empty_dsn)
     assert result.exit_code == 0, result.output
     traces = {t["revision"]: t for t in json.loads(result.output)["traces"]}
-    assert list(traces) == lint.chain()
+    assert list(traces) == migrate.chain()
     assert traces["legacy_baseline"]["locks"] == []  # nothing existed before it
     key_columns = {(lk["table"], lk["mode"]) for lk in traces["key_columns"]["locks"]}
     # PostgreSQL 15: CREATE TRIGGER takes SHARE ROW EXCLUSIVE, ADD COLUMN ACCESS EXCLUSIVE.
@@ -199,15 +199,15 @@ def test_trace_locks_on_the_chain(cli: Callable[..., Result], empty_dsn: str) ->
     assert left == (0,)
 
 
-def _scratch_revision(sql: str) -> lint.RevisionSql:
-    return lint.RevisionSql("scratch", "scratch.py", sql, [])
+def _scratch_revision(sql: str) -> migrate.RevisionSql:
+    return migrate.RevisionSql("scratch", "scratch.py", sql, [])
 
 
 def test_trace_finds_a_rewrite_and_a_lock_over_budget(empty_dsn: str) -> None:
     with psycopg.connect(empty_dsn, autocommit=True) as conn:
         conn.execute("CREATE TABLE bars (id int PRIMARY KEY, n int)")
         conn.execute("INSERT INTO bars SELECT g, g FROM generate_series(1, 1000) g")
-        trace = lint.trace_revision(
+        trace = lock_budget.trace_revision(
             conn,
             _scratch_revision(
                 "BEGIN;\nALTER TABLE bars ALTER COLUMN n TYPE bigint;\nCOMMIT;\n"
@@ -222,7 +222,11 @@ def test_trace_finds_a_rewrite_and_a_lock_over_budget(empty_dsn: str) -> None:
     assert [(u["line"], u["table"], u["mode"]) for u in trace.unobserved] == [
         (4, "public.bars", "SHARE UPDATE EXCLUSIVE")
     ]
-    details = sorted(f.detail for f in trace.findings)
+    findings = lint.trace_findings(trace)
+    assert {(f.rule, f.file, f.revision) for f in findings} == {
+        ("lock_budget", "scratch.py (offline SQL)", "scratch")
+    }
+    details = sorted(f.detail for f in findings)
     assert details == [
         "ACCESS EXCLUSIVE on public.bars exceeds LOCK_BUDGET SHARE ROW EXCLUSIVE",
         "rewrote public.bars (relfilenode changed)",
@@ -233,7 +237,7 @@ def test_trace_within_budget_has_no_finding(empty_dsn: str) -> None:
     with psycopg.connect(empty_dsn, autocommit=True) as conn:
         conn.execute("CREATE TABLE bars (id int PRIMARY KEY, n int)")
         conn.execute("CREATE FUNCTION noop() RETURNS trigger LANGUAGE plpgsql AS $$BEGIN RETURN NEW; END$$")
-        trace = lint.trace_revision(
+        trace = lock_budget.trace_revision(
             conn,
             _scratch_revision(
                 "BEGIN;\nSET LOCAL lock_timeout = '2s';\n"
@@ -242,7 +246,7 @@ def test_trace_within_budget_has_no_finding(empty_dsn: str) -> None:
             budget="SHARE ROW EXCLUSIVE",
         )
     assert [(lk["table"], lk["mode"]) for lk in trace.locks] == [("public.bars", "SHARE ROW EXCLUSIVE")]
-    assert trace.findings == [] and trace.rewritten == []
+    assert lint.trace_findings(trace) == [] and trace.rewritten == []
 
 
 # ---------------------------------------------------------------- revisions retry DDL on lock timeout
@@ -311,3 +315,18 @@ def test_revision_gives_up_after_its_retries_and_changes_nothing(new_db: Callabl
 def test_backoff_is_jittered_and_capped() -> None:
     assert 0.125 <= migrate.backoff_seconds(1) <= 0.25
     assert migrate.backoff_seconds(10) <= 8.0
+
+
+def test_cli_directory_skips_what_it_cannot_lint_and_says_so(cli: Callable[..., Result]) -> None:
+    result = cli("lint", "--json", str(ROOT / "sql" / "templates"))
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    # included by key_columns_table, or rendered by downgrades only
+    assert "sql/templates/key_sync_trigger.sql.j2: no upgrade renders it on its own" in data["skipped"]
+    assert data["scripts"] + len(data["skipped"]) == len(list((ROOT / "sql" / "templates").glob("*.sql.j2")))
+
+
+def test_cli_named_included_template_is_exit_2(cli: Callable[..., Result]) -> None:
+    result = cli("lint", str(ROOT / "sql" / "templates" / "key_sync_trigger.sql.j2"))
+    assert result.exit_code == 2
+    assert "no upgrade renders it on its own" in result.output

@@ -9,6 +9,12 @@ The same for the memberships dual-write while `keyshift memberships sync` runs.
 
 from __future__ import annotations
 
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -16,7 +22,18 @@ import psycopg
 import pytest
 
 from tests.legacy import legacy_bars, seed_registry
-from tests.load import BarWriter, Load, MembershipWriter, Writer, connect, expand_revision, report
+from tests.load import (
+    DXY_START,
+    BarWriter,
+    DxyWriter,
+    Load,
+    MembershipWriter,
+    Writer,
+    connect,
+    dxy_bars,
+    expand_revision,
+    report,
+)
 from toolkit import migrate
 
 pytestmark = pytest.mark.faults
@@ -154,3 +171,101 @@ def test_memberships_dual_write_and_sync_under_steady_writes(
     assert lost == 0 and letters == 0
     assert load.max_wait <= REVISION_LOCK_TIMEOUT_S + 1.0, load.max_wait  # 1 s: far above one 100-row batch
     report("memberships dual-write, revision applied and sync run under writes", load, "none", lost)
+
+
+def dxy_minutes(conn: psycopg.Connection[Any], side: str) -> set[int]:
+    return set(dxy_bars(conn, side))
+
+
+def killed_then_finished(dsn: str, args: list[str], kills: int, seed: int, check: Callable[[], None]) -> int:
+    """Run `keyshift ARGS` in a child, SIGKILL it at random points ``kills`` times (checking the
+    invariant after each), then run it to the end. Returns the kills that hit a running client."""
+    rng = random.Random(seed)
+    hit = 0
+    for _ in range(kills):
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "toolkit", *args, "--dsn", dsn],
+            env={**os.environ, "PYTHONPATH": os.getcwd()},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        time.sleep(rng.uniform(0.6, 1.2))  # start-up, then somewhere in the batches
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            hit += 1
+        proc.wait()
+        time.sleep(0.2)  # the server notices the client is gone and rolls its batch back
+        check()
+    done = subprocess.run(
+        [sys.executable, "-m", "toolkit", *args, "--dsn", dsn],
+        env={**os.environ, "PYTHONPATH": os.getcwd()},
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    check()
+    return hit
+
+
+def test_dxy_relocation_under_bars_arriving_through_the_write_function_with_killed_clients(
+    head_dsn: str,
+    cli: Callable,  # type: ignore[type-arg]
+) -> None:
+    dsn = head_dsn
+    history = 2 * 24 * 60
+    with connect(dsn) as conn:
+        seed_registry(conn)
+        conn.execute(
+            "INSERT INTO market.derived_data_bars (symbol, timeframe, ts, open, high, low, close, volume)"
+            " SELECT 'DXY', '1m', %s::timestamptz + m * interval '1 minute', 100, 101, 99, 100.5, m"
+            " FROM generate_series(0, %s - 1) m",
+            (DXY_START, history),
+        )
+        conn.execute("SELECT keyshift.set_setting('dxy.batch_size', '100', 'load test')")
+    dxy = [DxyWriter(w, history) for w in range(WRITERS)]
+    load = Load([Writer(dsn, d, RATE) for d in dxy])
+    everything: set[int] = set(range(history))
+
+    def nothing_in_neither_place() -> None:
+        # What was committed before the look (a bar committed after it may be missing from it).
+        expected = everything.union(*(d.committed.copy() for d in dxy))
+        with connect(dsn) as conn:
+            present = dxy_minutes(conn, "source") | dxy_minutes(conn, "target")
+        assert expected <= present, sorted(expected - present)[:10]
+
+    with load:
+        copied = cli("relocate", "dxy", "copy", "--batch-size", "300", dsn=dsn)
+        assert copied.exit_code == 0, copied.stderr
+        switched = cli("relocate", "dxy", "switch", "--reason", "load test", dsn=dsn)
+        assert switched.exit_code == 0, switched.stderr
+        checked = cli("reconcile", "dxy_1m_bars", dsn=dsn)
+        assert checked.exit_code == 0, checked.stdout + checked.stderr
+        kills = killed_then_finished(
+            dsn,
+            ["relocate", "dxy", "cleanup", "--force", "--reason", "load test"],
+            2,
+            1,
+            nothing_in_neither_place,
+        )
+        kills += killed_then_finished(dsn, ["relocate", "dxy", "purge"], 2, 2, nothing_in_neither_place)
+    load.check()
+    with connect(dsn) as conn:
+        lost = sum(d.missing(conn) for d in dxy)
+        target = dxy_minutes(conn, "target")
+        left = dxy_minutes(conn, "source")
+        (view,) = conn.execute(
+            "SELECT count(*) FROM market.bars_1m WHERE symbol = 'DXY' OR instrument_token IS NULL"
+        ).fetchone()  # type: ignore[misc]
+        (step,) = conn.execute("SELECT step FROM keyshift.relocations WHERE name = 'dxy_1m_bars'").fetchone()  # type: ignore[misc]
+    assert step == "purged"
+    assert lost == 0
+    assert everything <= target and left <= target  # a bar still in the source is also in the target
+    assert kills >= 2
+    assert load.max_wait <= REVISION_LOCK_TIMEOUT_S + 1.0, load.max_wait
+    report(
+        f"DXY relocation (copy, switch, cleanup, purge) under write_dxy_bar; clients SIGKILLed {kills} times",
+        load,
+        f"{kills} x SIGKILL (cleanup, purge)",
+        lost,
+    )
+    assert view >= len(target)

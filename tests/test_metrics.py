@@ -10,7 +10,7 @@ import psycopg
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.legacy import make_legacy_db
-from toolkit import backfill
+from toolkit import backfill, relocation
 
 
 def parse(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -45,6 +45,12 @@ def test_metrics_equal_what_the_database_holds(cli: Callable, new_db: Callable[.
         insert_run(conn, "memberships", 7, 8, "1 day")
         conn.execute(
             "SELECT keyshift.dead_letter('memberships', 'INSERT', '{\"k\": 1}', '{}', 'unmapped token')"
+        )
+        conn.execute(
+            "INSERT INTO market.derived_data_bars (symbol, timeframe, ts, open, high, low, close)"
+            " VALUES ('DXY', '1m', now() - interval '90 seconds', 104, 104, 104, 104),"
+            " ('DXY', '1m', now() - interval '1 hour', 104, 104, 104, 104),"
+            " ('DXY', '5m', now(), 104, 104, 104, 104)"  # not a 1m bar: does not count
         )
         expected_rows = conn.execute(
             "SELECT table_schema || '.' || table_name, rows_updated, rows_dead_lettered, status"
@@ -83,6 +89,7 @@ def test_metrics_equal_what_the_database_holds(cli: Callable, new_db: Callable[.
     assert m[("keyshift_reconcile_match_ratio", (("pair", "memberships"),))] == 0.875
     assert m[("keyshift_reconcile_passed", (("pair", "memberships"),))] == 0
     assert 86400 <= m[("keyshift_reconcile_age_seconds", (("pair", "memberships"),))] < 86460
+    assert 90 <= m[("keyshift_dxy_staleness_seconds", ())] < 150
 
 
 def test_textfile_is_written_for_node_exporter(cli: Callable, head_dsn: str, tmp_path: Path) -> None:  # type: ignore[type-arg]
@@ -106,3 +113,24 @@ def test_bad_textfile_and_bare_database_exit_2(
     out = cli("metrics", dsn=empty_dsn)
     assert out.exit_code == 2
     assert "no keyshift control schema" in out.stderr
+
+
+def test_relocation_metrics_follow_the_relocation(cli: Callable, head_dsn: str) -> None:  # type: ignore[type-arg]
+    """Step and soak time left of each relocation (revision dxy_relocation)."""
+    with psycopg.connect(head_dsn, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO market.derived_data_bars (symbol, timeframe, ts, open, high, low, close)"
+            " SELECT 'DXY', '1m', date_trunc('minute', now()) - m * interval '1 minute', 104, 104, 104, 104"
+            " FROM generate_series(0, 99) m"
+        )
+    m = parse(cli("metrics", dsn=head_dsn).stdout)
+    assert m[("keyshift_relocation_step", (("relocation", "dxy_1m_bars"), ("step", "installed")))] == 1
+    assert ("keyshift_relocation_soak_left_seconds", (("relocation", "dxy_1m_bars"),)) not in m
+    relocation.copy(head_dsn, "dxy")
+    relocation.switch(head_dsn, "dxy", "metrics test")
+    m = parse(cli("metrics", dsn=head_dsn).stdout)
+    assert m[("keyshift_relocation_step", (("relocation", "dxy_1m_bars"), ("step", "switched")))] == 1
+    assert (
+        86400 - 60 < m[("keyshift_relocation_soak_left_seconds", (("relocation", "dxy_1m_bars"),))] <= 86400
+    )
+    assert m[("keyshift_dxy_staleness_seconds", ())] < 120

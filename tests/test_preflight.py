@@ -176,6 +176,12 @@ CASES: list[dict[str, Any]] = [
         expect={"sequence": "public.orders_id_seq", "column": "public.orders.id", "max_value": 2147483647},
     ),
     dict(
+        # Only a threshold can put a test database near wraparound: the check runs, the age is real.
+        check="xid_wraparound",
+        settings={"preflight.max_xid_age": "1"},
+        expect={"threshold": 1},
+    ),
+    dict(
         check="fk_without_index",
         revision="control_schema",
         setup="CREATE TABLE public.parent (id integer PRIMARY KEY);"

@@ -135,6 +135,32 @@ def test_a_change_in_one_bucket_among_many_drills_into_that_bucket_only(
     by_width = adhoc(conn, bucket_by="id:100")
     assert by_width.buckets_mismatched == 1 and found(by_width) == found(by_day)
     assert adhoc(conn, bucket_by="at:hour").buckets_mismatched == 1
+    # Rows without a bucket value have a bucket of their own.
+    conn.execute("UPDATE rec.src SET at = NULL WHERE id IN (3, 4)")
+    conn.execute("UPDATE rec.tgt SET at = NULL WHERE id = 3")
+    nulls = adhoc(conn, bucket_by="at:day")
+    assert found(nulls) == {
+        ("changed", ("eu", "1234"), ("note",)),
+        ("changed", ("eu", "4"), ("at",)),  # its two buckets are both drilled into: one key
+    }
+    assert sorted(b["bucket"] for b in nulls.buckets if not b["match"]) == [
+        "2026-03-01 00:00:00+00",
+        "2026-04-21 00:00:00+00",
+        "null",
+    ]
+
+
+def test_an_indexed_integer_key_is_bucketed_by_ranges_by_default(conn: psycopg.Connection[Any]) -> None:
+    conn.execute("CREATE INDEX ON rec.src (id)")
+    conn.execute("CREATE INDEX ON rec.tgt (id)")
+    conn.execute("UPDATE rec.tgt SET note = 'x' WHERE id = 1500")
+    result = adhoc(conn, key=["id", "region"])
+    # 2000 ids in 256 buckets: width 8, bucket n holds ids 8n .. 8n+7.
+    assert result.buckets_total == 251 and [b["bucket"] for b in result.buckets if not b["match"]] == ["187"]
+    assert found(result) == {("changed", ("1500", "eu"), ("note",))}
+    hashed = adhoc(conn)  # leading column region: buckets of the key's hash
+    assert found(hashed) == {("changed", ("eu", "1500"), ("note",))}
+    assert [b["bucket"] for b in hashed.buckets if not b["match"]] != ["187"]
 
 
 def test_max_rows_limits_the_listing_not_the_counts(conn: psycopg.Connection[Any]) -> None:
@@ -159,6 +185,32 @@ def test_strict_and_lenient_verdicts_use_the_threshold_setting(conn: psycopg.Con
     assert lenient.verdict == "pass" and lenient.threshold == Decimal("0.9995")
     conn.execute("SELECT keyshift.set_setting('reconcile.lenient_threshold', '99.99', 'test')")
     assert adhoc(conn, mode="lenient").verdict == "fail"
+
+
+def test_tolerances_are_exact_by_default_and_declared_per_column(conn: psycopg.Connection[Any]) -> None:
+    conn.execute("ALTER TABLE rec.src ADD COLUMN price float8")
+    conn.execute("ALTER TABLE rec.tgt ADD COLUMN price float8")
+    conn.execute("UPDATE rec.src SET price = id / 3.0")
+    conn.execute("UPDATE rec.tgt SET price = id / 3.0 + 1e-9")  # noise on every row
+    conn.execute("UPDATE rec.tgt SET at = at + interval '300 milliseconds' WHERE id = 11")
+    exact = adhoc(conn)
+    assert exact.categories == {"changed": 2000}
+    tolerant = {"price": "abs:0.000001", "at": "precision:second"}
+    ok = adhoc(conn, tolerances=tolerant)
+    assert ok.verdict == "pass" and ok.rows_matched == 2000 and not ok.differences
+    assert adhoc(conn, tolerances={"price": "rel:0.000001", "at": "precision:second"}).verdict == "pass"
+    conn.execute("UPDATE rec.tgt SET price = price + 0.01 WHERE id = 9")
+    one = adhoc(conn, tolerances=tolerant)
+    assert found(one) == {("changed", ("us", "9"), ("price",))}
+    assert one.rows_matched == 1999
+    for bad, message in [
+        ({"note": "abs:1"}, "does not apply to rec.src.note"),
+        ({"price": "abs:x"}, "is not abs:N"),
+        ({"at": "precision:fortnight"}, "is not abs:N"),
+        ({"id": "abs:1"}, "not a compared column"),
+    ]:
+        with pytest.raises(KeyshiftError, match=message):
+            adhoc(conn, tolerances=bad)
 
 
 def _writer(dsn: str) -> Callable[[reconcile.Progress], None]:
@@ -318,11 +370,10 @@ def test_relocation_pair_checks_the_slice_and_its_conservation(conn: psycopg.Con
 
 def test_the_dxy_spec_runs_on_the_real_tables(head_conn: psycopg.Connection[Any]) -> None:
     conn = head_conn
-    conn.execute("ALTER TABLE market.derived_data_bars ADD COLUMN relocated_at timestamptz")
-    conn.execute(
-        "INSERT INTO instrument_registry.instruments (instrument_key, symbol, exchange, instrument_type)"
-        " VALUES ('DXY_ICE_INDEX', 'DXY', 'ICE', 'INDEX')"
-    )
+    # Revision dxy_relocation registered the pair with exactly this spec.
+    assert [
+        (p["name"], p["kind"], p["spec"]) for p in reconcile.pairs(conn) if p["name"] == "dxy_1m_bars"
+    ] == [("dxy_1m_bars", "relocation", DXY_SPEC)]
     conn.execute(
         "INSERT INTO market.derived_data_bars (symbol, timeframe, ts, open, high, low, close, volume)"
         " SELECT 'DXY', '1m', '2026-11-01'::timestamptz + m * interval '1 minute', 104.1, 104.2, 104.0, 104.15, 0"
@@ -332,7 +383,6 @@ def test_the_dxy_spec_runs_on_the_real_tables(head_conn: psycopg.Connection[Any]
         "INSERT INTO market.data_bars (instrument_key, timeframe, ts, open, high, low, close, volume)"
         " SELECT 'DXY_ICE_INDEX', timeframe, ts, open, high, low, close, volume FROM market.derived_data_bars"
     )
-    register(conn, "dxy_1m_bars", "relocation", DXY_SPEC)
     result = reconcile.run_pair(conn, "dxy_1m_bars")
     assert result.verdict == "pass" and result.rows_matched == 3000 and result.buckets_total == 3
     # What the DXY cleanup guard reads.
@@ -363,13 +413,14 @@ def test_registered_pairs_on_a_legacy_database_before_and_after_the_backfill(
     with psycopg.connect(dsn, autocommit=True) as conn:
         after = reconcile.run_all(conn)
         assert [r.pair for r in after] == [
+            "dxy_1m_bars",
             "index_memberships",
             "key_coverage.market.data_bars",
             "key_coverage.market.subscriptions",
             "key_coverage.trading.positions",
         ]
-        assert [r.verdict for r in after] == ["pass"] * 4
-        assert after[1].rows_matched == 150
+        assert [r.verdict for r in after] == ["pass"] * 5
+        assert after[2].rows_matched == 150
         # A key that disagrees with the registry (token 101 meant AAA before 2026).
         conn.execute("SET session_replication_role = replica")  # past the sync trigger, as a bad loader would
         conn.execute(
@@ -442,11 +493,13 @@ def test_cli_exit_codes_json_and_history(cli: Callable, head_dsn: str) -> None: 
     table = cli(*args, "--slice", "region=us", dsn=head_dsn)
     assert table.exit_code == 1 and "us" in table.stdout and "148.5" in table.stdout
     assert cli(*args, "--mode", "lenient", dsn=head_dsn).exit_code == 0
+    assert cli(*args, "--tolerance", "amount=abs:141.5", dsn=head_dsn).exit_code == 0
     for bad_args in (
         ("reconcile",),
         ("reconcile", "--source", "rec.src"),
         ("reconcile", "nope"),
         (*args, "--slice", "region"),
+        (*args, "--tolerance", "amount=abs:-1"),
         (*args, "--slice", "id=x'; DROP TABLE rec.tgt; --"),
         ("reconcile", "--source", "rec.src;", "--target", "rec.tgt", "--key", "id"),
     ):
@@ -456,6 +509,6 @@ def test_cli_exit_codes_json_and_history(cli: Callable, head_dsn: str) -> None: 
     assert cli(*args, dsn="host=127.0.0.1 port=1 dbname=x connect_timeout=2").exit_code == 2
     history = cli("reconcile", "--history", "--json", dsn=head_dsn)
     runs = json.loads(history.stdout)
-    assert [r["verdict"] for r in runs] == ["pass", "fail", "fail", "pass"]
-    assert runs[0]["pair"] == "adhoc:rec.src->rec.tgt" and runs[0]["mode"] == "lenient"
+    assert [r["verdict"] for r in runs] == ["pass", "pass", "fail", "fail", "pass"]
+    assert runs[1]["pair"] == "adhoc:rec.src->rec.tgt" and runs[1]["mode"] == "lenient"
     assert "adhoc:rec.src->rec.tgt" in cli("reconcile", "--history", dsn=head_dsn).stdout

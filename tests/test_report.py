@@ -15,6 +15,7 @@ from selenium.webdriver.common.by import By
 
 from tests.legacy import make_legacy_db
 from toolkit import backfill, phases
+from toolkit.resources import checks_dir
 
 HOSTILE = '<script>alert("x")</script> & <b>bold</b>'
 
@@ -45,11 +46,10 @@ def insert_run(conn: psycopg.Connection[Any], pair: str, buckets: list[tuple[str
     tgt = sum(b[2] for b in buckets)
     matched = sum(b[3] for b in buckets)
     bad = sum(1 for b in buckets if not b[1] == b[2] == b[3])
-    details = {
-        "buckets": [
-            {"bucket": b[0], "rows_source": b[1], "rows_target": b[2], "rows_matched": b[3]} for b in buckets
-        ]
-    }
+    # The shape toolkit.reconcile records: counts and checksums per bucket, and whether they agree.
+    details = {"buckets": [{"bucket": b[0], "source_rows": b[1], "target_rows": b[2], "source_checksum": "1",
+                            "target_checksum": "1" if b[1] == b[2] == b[3] else "2",
+                            "match": b[1] == b[2] == b[3]} for b in buckets]}  # fmt: skip
     conn.execute(
         "INSERT INTO keyshift.reconcile_runs (pair, source, target, mode, threshold, started_at, finished_at,"
         " duration_ms, rows_source, rows_target, rows_matched, buckets_total, buckets_mismatched, match_ratio,"
@@ -70,7 +70,9 @@ def migrated_dsn(new_db: Callable[..., str]) -> str:
     with psycopg.connect(dsn, autocommit=True) as conn:
         insert_run(conn, "dxy_1m_bars", [("2026-01-01", 1440, 1440, 1440), ("2026-01-02", 1440, 1439, 1439)])
         insert_run(conn, "dxy_1m_bars", [("2026-01-01", 1440, 1440, 1440), ("2026-01-02", 1440, 1440, 1440)])
-        insert_run(conn, "memberships", [("NIFTY", 50, 48, 48)])
+        insert_run(
+            conn, "memberships", [("NIFTY", 50, 48, 48), ("NIFTYNEXT", 40, 40, 40), ("BANKNIFTY", 12, 12, 11)]
+        )
         conn.execute("SELECT keyshift.dead_letter('memberships', 'INSERT', NULL, '{}', %s)", (HOSTILE,))
     return dsn
 
@@ -128,18 +130,27 @@ def test_report_opens_in_chromium_with_the_numbers(
 
     recon = browser.find_element(By.ID, "reconcile").text
     assert "dxy_1m_bars: last run pass, match 100.00 %" in recon
-    assert "memberships: last run fail, match 96.00 %" in recon
+    assert "memberships: last run fail, match 97.06 %" in recon  # 99 of 102
     assert "99.97 %" in recon  # the first dxy run: 2879 of 2880
-    # Per-bucket chart of the last memberships run: one red bar; history of dxy: two bars.
+    # Per-bucket chart of the last memberships run: 48 of 50 rows (red), all (green), a changed row (red).
     charts = browser.find_elements(By.CSS_SELECTOR, "#reconcile svg.chart")
     labels = [c.get_attribute("aria-label") for c in charts]
     assert "match per bucket, last run of memberships" in labels
     dxy_history = charts[labels.index("match ratio per run of dxy_1m_bars")]
     assert len(dxy_history.find_elements(By.TAG_NAME, "rect")) == 2
     bucket_chart = charts[labels.index("match per bucket, last run of memberships")]
-    (bar,) = bucket_chart.find_elements(By.TAG_NAME, "rect")
-    assert bar.get_attribute("fill") == "#c62828"
-    assert float(bar.get_attribute("height") or 0) == pytest.approx(0.96 * 160)
+    bars = bucket_chart.find_elements(By.TAG_NAME, "rect")
+    assert [b.get_attribute("fill") for b in bars] == ["#c62828", "#2e7d32", "#c62828"]
+    heights = [float(b.get_attribute("height") or 0) for b in bars]
+    assert heights == pytest.approx([0.96 * 160, 160, 160])
+
+    checks = {
+        r.find_elements(By.TAG_NAME, "td")[0].text: r.text
+        for r in browser.find_elements(By.CSS_SELECTOR, "#preflight tr")[1:]
+    }
+    assert checks["unmapped_tokens"].startswith("unmapped_tokens error fail")  # token 999 of the bars
+    assert len(checks) == len(list(Path(checks_dir()).glob("*.sql")))  # every shipped check ran
+    assert "pre-flight: " in summary and "error(s)" in summary
 
     letters = browser.find_element(By.ID, "dead-letters").text
     assert HOSTILE in letters  # shown as text, not run or rendered as markup

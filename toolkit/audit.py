@@ -26,6 +26,7 @@ from toolkit.parsing import (
     SqlSyntaxError,
     Statement,
     code_line,
+    excerpt,
     line_of,
     plpgsql_expressions,
     sql_function_body,
@@ -70,11 +71,6 @@ class Usage:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def _excerpt(text: str, limit: int = 80) -> str:
-    first = " ".join(text.split())
-    return first if len(first) <= limit else first[: limit - 3] + "..."
 
 
 # Lists of bare column names (String nodes): key columns, USING (...), UPDATE OF.
@@ -148,7 +144,7 @@ def usages_in_node(
             if location is not None and location >= 0
             else None
         )
-        found.append(Usage(source, where, line, context or _context(child, path, parents), _excerpt(text)))
+        found.append(Usage(source, where, line, context or _context(child, path, parents), excerpt(text)))
     return found
 
 
@@ -211,8 +207,9 @@ def usages_in_python(path: Path, where: str, identifier: str = TOKEN) -> list[Us
 
 def scan_paths(paths: Iterable[Path], identifier: str = TOKEN) -> list[Usage]:
     """Uses in SQL files, Python files and templates (as the revisions render them)."""
-    from toolkit import lint
+    from toolkit import lint, migrate
 
+    paths = list(paths)
     found: list[Usage] = []
     templates: set[str] = set()
     for path in lint.expand_paths(paths):
@@ -227,8 +224,9 @@ def scan_paths(paths: Iterable[Path], identifier: str = TOKEN) -> list[Usage]:
             except SqlSyntaxError as exc:
                 raise UsageError(f"{exc.message}; fix the SQL or leave the file out") from None
     if templates:
-        renders = [lint.revision_sql(revision) for revision in lint.chain()]
-        for file, text, _ in lint.template_renders(renders, templates):
+        renders = [migrate.revision_sql(revision) for revision in migrate.chain()]
+        named = {lint.relative_path(p) for p in paths if p.is_file()}
+        for file, text, _ in lint.template_renders(renders, templates, named)[0]:
             found.extend(usages_in_sql(text, file, identifier=identifier))
     return found
 
@@ -285,7 +283,7 @@ def scan_database(conn: Any, identifier: str = TOKEN) -> list[Usage]:
             kind = {"p": "PRIMARY KEY", "u": "UNIQUE", "f": "FOREIGN KEY", "x": "EXCLUDE", "c": "CHECK"}
             found.append(Usage("column", name, None, kind.get(contype, contype), f"{conname}: {definition}"))
         for (definition,) in conn.execute(_INDEXES, (relid, attnum)).fetchall():
-            found.append(Usage("column", name, None, "INDEX", _excerpt(definition)))
+            found.append(Usage("column", name, None, "INDEX", excerpt(definition)))
     for signature, definition in conn.execute(_FUNCTIONS, (identifier,)).fetchall():
         found.extend(_parsed_object("function", signature, definition, identifier))
     for name, definition in conn.execute(_VIEWS).fetchall():
@@ -301,7 +299,7 @@ def _parsed_object(source: str, name: str, definition: str, identifier: str) -> 
         return usages_in_sql(definition, name, source, identifier=identifier)
     except SqlSyntaxError as exc:
         # The server accepted it, so pglast's grammar lags behind: say so rather than skip it.
-        return [Usage(source, name, None, "not parsed", _excerpt(exc.message))]
+        return [Usage(source, name, None, "not parsed", excerpt(exc.message))]
 
 
 def _stat_statements(conn: Any, identifier: str) -> list[Usage]:

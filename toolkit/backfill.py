@@ -129,16 +129,15 @@ class Settings:
 
 def _throttle_reason(conn: psycopg.Connection[Any], relation: str, max_lag_bytes: int) -> str | None:
     """Why the next batch should wait, or None: a lagging standby, or sessions queued on the table."""
-    (lag,) = conn.execute(
-        "SELECT COALESCE(max(pg_catalog.pg_wal_lsn_diff(pg_catalog.pg_current_wal_lsn(), replay_lsn)), 0)"
-        " FROM pg_catalog.pg_stat_replication"
-    ).fetchone() or (0,)
+    # One round trip: it runs before every batch.
+    lag, waiting = conn.execute(
+        "SELECT (SELECT COALESCE(max(pg_catalog.pg_wal_lsn_diff(pg_catalog.pg_current_wal_lsn(),"
+        " replay_lsn)), 0) FROM pg_catalog.pg_stat_replication),"
+        " (SELECT count(*) FROM pg_catalog.pg_locks WHERE NOT granted AND relation = %s::regclass)",
+        (relation,),
+    ).fetchone() or (0, 0)
     if lag and lag > max_lag_bytes:
         return f"standby {int(lag):,} bytes behind (limit {max_lag_bytes:,})"
-    (waiting,) = conn.execute(
-        "SELECT count(*) FROM pg_catalog.pg_locks WHERE NOT granted AND relation = %s::regclass",
-        (relation,),
-    ).fetchone() or (0,)
     if waiting:
         return f"{waiting} session(s) waiting for a lock on {relation}"
     return None
@@ -278,9 +277,14 @@ def _run_locked(
             batch_started = time.monotonic()
             try:
                 with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
-                    cur.execute("SELECT set_config('lock_timeout', %s, true)", (settings.lock_timeout,))
+                    # One round trip for the batch's settings. The commit need
+                    # not wait for the WAL flush: a batch lost in a crash moved
+                    # its checkpoint in the same transaction, so it is redone.
                     cur.execute(
-                        "SELECT set_config('statement_timeout', %s, true)", (settings.statement_timeout,)
+                        "SELECT set_config('lock_timeout', %s, true),"
+                        " set_config('statement_timeout', %s, true),"
+                        " set_config('synchronous_commit', 'off', true)",
+                        (settings.lock_timeout, settings.statement_timeout),
                     )
                     row = cur.execute(function, (from_block, blocks)).fetchone()
             except (psycopg.errors.LockNotAvailable, psycopg.errors.QueryCanceled) as exc:

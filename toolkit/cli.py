@@ -52,6 +52,34 @@ class KeyshiftGroup(click.Group):
                 # The server went away mid-command: what committed stays committed.
                 fail(f"lost the database connection: {db.describe_pg_error(exc)}", EXIT_USAGE)
             fail(db.describe_pg_error(exc), EXIT_FAIL)
+        except click.UsageError as exc:
+            usage_error(exc)
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as exc:
+            usage_error(exc)
+            raise
+
+
+# click >= 8.2 raises this for a group called without a command; it prints the help.
+_HELP_REQUESTS: tuple[type[Exception], ...] = tuple(
+    e for e in (getattr(click.exceptions, "NoArgsIsHelpError", None),) if e is not None
+)
+
+
+def usage_error(exc: click.UsageError) -> None:
+    """A bad option, argument or command as one line (click's own prints usage lines too)."""
+    if isinstance(exc, _HELP_REQUESTS):
+        raise exc
+    names: list[str] = []
+    ctx = exc.ctx
+    while ctx is not None and ctx.parent is not None:  # the root's name is the program's
+        names.insert(0, ctx.info_name or "")
+        ctx = ctx.parent
+    where = " ".join(["keyshift", *names])
+    fail(f"{where}: {exc.format_message().rstrip('.')}; see {where} --help", EXIT_USAGE)
 
 
 def dsn_option(fn: F) -> F:
@@ -523,6 +551,13 @@ def retention_run(flow: str, dry_run: bool, dsn: str | None, as_json: bool) -> N
 @click.option(
     "--bucket-by", metavar="COL:day|hour|N", help="Buckets by time or by a width (default: key hash)."
 )
+@click.option(
+    "--tolerance",
+    "tolerances",
+    multiple=True,
+    metavar="COL=abs:N|rel:N|precision:UNIT",
+    help="Ad hoc: a column's tolerance (default exact); UNIT second, minute ...",
+)
 @click.option("--mode", type=click.Choice(reconcile_module.MODES), default="strict", show_default=True)
 @click.option("--max-rows", type=click.IntRange(min=0), default=100, show_default=True, help="Rows listed.")
 @click.option("--history", "show_history", is_flag=True, help="List past runs (of NAME, or all).")
@@ -540,6 +575,7 @@ def reconcile(
     columns: str | None,
     slices: tuple[str, ...],
     bucket_by: str | None,
+    tolerances: tuple[str, ...],
     mode: str,
     max_rows: int,
     show_history: bool,
@@ -552,7 +588,7 @@ def reconcile(
     NAME runs a registered pair, --all all of them; --source/--target/--key compare
     two relations ad hoc. Exit 0 when every pair passes, 1 when one does not.
     """
-    adhoc = any((source, target, key, columns, slices, bucket_by))
+    adhoc = any((source, target, key, columns, slices, bucket_by, tolerances))
     if show_history:
         with db.connection(dsn, autocommit=True) as conn:
             rows = reconcile_module.history(conn, name)
@@ -582,13 +618,16 @@ def reconcile(
                     str(target),
                     _csv(key) or [],
                     _csv(columns),
-                    _slices(slices),
+                    _pairs("--slice", slices),
                     bucket_by,
+                    _pairs("--tolerance", tolerances),
                     **options,
                 )
             ]
     if as_json:
         output.echo_json([r.as_dict() for r in results])
+    elif not results:
+        click.echo("no registered reconcile pairs")
     else:
         for r in results:
             _print_result(r)
@@ -600,12 +639,12 @@ def _csv(text: str | None) -> list[str] | None:
     return [part.strip() for part in text.split(",")] if text else None
 
 
-def _slices(items: tuple[str, ...]) -> dict[str, str]:
+def _pairs(option: str, items: tuple[str, ...]) -> dict[str, str]:
     out = {}
     for item in items:
         column, sep, value = item.partition("=")
         if not sep or not column:
-            raise UsageError(f"--slice {item!r} is not COL=VALUE")
+            raise UsageError(f"{option} {item!r} is not COL=VALUE")
         out[column] = value
     return out
 
@@ -676,6 +715,7 @@ def preflight(
     as_json: bool,
 ) -> None:
     """Run the pre-flight checks read-only; exit 1 when an error-severity check fails."""
+    # Imported here: other commands do not pay for loading the checks' machinery.
     from toolkit import preflight as preflight_module
 
     preflight_module.plan(step, only, skip, checks_dir)  # bad --for/--only/--skip: exit 2 before connecting
@@ -690,6 +730,7 @@ def preflight(
 
 
 def _print_preflight(report: Any) -> None:
+    """The checks as a table, the rows of each failed one, and the verdict (a preflight.Report)."""
     marks = {"pass": "pass", "fail": "FAIL", "error": "ERROR", "skipped": "skipped"}
     rows = [
         {
@@ -734,11 +775,12 @@ def lint(paths: tuple[Path, ...], revisions: bool, trace_locks: bool, dsn: str |
     --trace-locks needs a server (--dsn) where it may create a database.
     """
     from toolkit import lint as lint_module
+    from toolkit.lint_rules import lock_budget
 
     report = lint_module.lint(paths, revisions=revisions)
-    traces = lint_module.trace_locks(dsn) if trace_locks else []
+    traces = lock_budget.trace_locks(dsn) if trace_locks else []
     for trace in traces:
-        report.findings.extend(trace.findings)
+        report.findings.extend(lint_module.trace_findings(trace))
     if as_json:
         data = report.as_dict()
         if trace_locks:
@@ -753,7 +795,10 @@ def lint(paths: tuple[Path, ...], revisions: bool, trace_locks: bool, dsn: str |
 def _print_lint(report: Any, traces: list[Any]) -> None:
     for trace in traces:
         budget = f" (LOCK_BUDGET {trace.budget})" if trace.budget else ""
-        output.heading(f"revision {trace.revision}: locks on tables that existed before it{budget}")
+        output.heading(
+            f"revision {trace.revision}: locks on tables that existed before it{budget}"
+            " (lines of its offline SQL)"
+        )
         locks = [{**lock, "observed": "yes"} for lock in trace.locks]
         locks += [{**lock, "observed": "no (outside a transaction)"} for lock in trace.unobserved]
         click.echo(
@@ -778,6 +823,8 @@ def _print_lint(report: Any, traces: list[Any]) -> None:
     click.echo(
         f"{summary['findings']} findings, {summary['silenced']} silenced, in {summary['scripts']} scripts"
     )
+    for skipped in report.skipped:
+        click.echo(f"not linted: {skipped}")
     for f in report.findings:
         if f.silenced is None:
             click.echo(f"hint [{f.rule}] {f.file}:{f.line}: {f.hint}")
@@ -1067,14 +1114,13 @@ def demo(rows: int, keep: bool, dsn: str | None, as_json: bool) -> None:
                  for o in outcomes]
             )
         )  # fmt: skip
-        click.echo()
-        verdicts = ", ".join(f"{p} {v}" for p, v in summary["reconciliation"].items()) or "none recorded"
-        click.echo(
-            output.table(
-                [{"rows migrated": summary["rows_migrated"], "rows/s": summary["rows_per_second"],
-                  "reconciliation": verdicts, "open dead letters": summary["open_dead_letters"]}]
-            )
-        )  # fmt: skip
+        figures = [
+            {"figure": "rows migrated (backfill)", "value": f"{summary['rows_migrated']:,}"},
+            {"figure": "rows/s (backfill)", "value": f"{summary['rows_per_second']:,}"},
+            *({"figure": f"reconciliation {p}", "value": v} for p, v in summary["reconciliation"].items()),
+            {"figure": "open dead letters", "value": f"{summary['open_dead_letters']:,}"},
+        ]
+        click.echo("\n" + output.table(figures))
         verdict = "every step passed" if summary["passed"] else "NOT every step passed"
         click.echo(f"\ndemo: {verdict} ({', '.join(f'{v} {k}' for k, v in summary['steps'].items() if v)})")
     if not summary["passed"]:

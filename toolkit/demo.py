@@ -12,23 +12,30 @@ a function and one line in STEPS.
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
-import importlib
-import os
-import signal
+import importlib.util
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import psycopg
-from psycopg import sql
 
-from toolkit import backfill, db, demo_data, embedded, memberships, migrate, phases, registry
+from toolkit import (
+    backfill,
+    db,
+    demo_data,
+    embedded,
+    memberships,
+    migrate,
+    phases,
+    preflight,
+    reconcile,
+    registry,
+    relocation,
+)
 from toolkit.errors import EXIT_FAIL, KeyshiftError, UsageError
 from toolkit.report import preflight_row
 
@@ -89,12 +96,14 @@ def step_upgrade(ctx: Context) -> dict[str, Any]:
 
 
 def step_preflight(ctx: Context) -> dict[str, Any]:
-    checks = importlib.import_module("toolkit.checks")
+    """The pre-flight checks of the backfill: none may block."""
     with ctx.connect() as conn:
-        results = [preflight_row(r if isinstance(r, dict) else vars(r)) for r in checks.run(conn)]
-    errors = [r["id"] for r in results if not r["passed"] and r["severity"] == "error"]
-    expect(not errors, f"pre-flight errors: {', '.join(errors)}")
-    return {"checks": len(results), "failed": sum(1 for r in results if not r["passed"])}
+        report = preflight.run(conn, "backfill")
+    rows = [preflight_row(vars(r)) for r in report.results]
+    blocking = [r["id"] for r in rows if r["blocking"]]
+    expect(not blocking, f"pre-flight errors: {', '.join(blocking)}")
+    return {"checks": len(rows), "passed": sum(1 for r in rows if r["passed"]),
+            "warnings": sum(1 for r in rows if not r["passed"] and not r["blocking"])}  # fmt: skip
 
 
 def step_registry(ctx: Context) -> dict[str, Any]:
@@ -166,19 +175,32 @@ def _reused_token_split(ctx: Context) -> dict[str, int]:
     return {r[0]: r[1] for r in rows}
 
 
-def _run_reconcile(ctx: Context) -> dict[str, Any]:
-    reconcile = importlib.import_module("toolkit.reconcile")
+def _reconcile(ctx: Context, kinds: tuple[str, ...] | None) -> dict[str, Any]:
+    """Registered pairs of these kinds, or all of them: each verdict must pass."""
     with ctx.connect() as conn:
-        results = reconcile.run_all(conn)
-    verdicts = {str(_field(r, "pair")): str(_field(r, "verdict")) for r in results}
+        names = [p["name"] for p in reconcile.pairs(conn) if kinds is None or p["kind"] in kinds]
+        results = [reconcile.run_pair(conn, name) for name in names]
+    verdicts = {r.pair: r.verdict for r in results}
     failed = sorted(p for p, v in verdicts.items() if v != "pass")
-    expect(bool(verdicts), "no reconciliation pair is registered")
+    expect(bool(verdicts), f"no reconciliation pair of kind {', '.join(kinds or ('any',))} is registered")
     expect(not failed, f"reconciliation failed: {', '.join(failed)}")
-    return {"pairs": len(verdicts), "passed": len(verdicts) - len(failed)}
+    rows = sum(r.rows_source for r in results)
+    return {"pairs": len(verdicts), "passed": len(verdicts) - len(failed), "rows_compared": rows}
 
 
-def _field(result: Any, name: str) -> Any:
-    return result[name] if isinstance(result, dict) else getattr(result, name)
+def step_reconcile_keys(ctx: Context) -> dict[str, Any]:
+    """After the backfill: every token table's rows have the key the registry gives their token."""
+    return _reconcile(ctx, ("key_coverage",))
+
+
+def step_reconcile_relocation(ctx: Context) -> dict[str, Any]:
+    """After the reader switch: the relocated DXY slice equals its source (the cleanup guard's input)."""
+    return _reconcile(ctx, ("relocation",))
+
+
+def step_reconcile_all(ctx: Context) -> dict[str, Any]:
+    """Every registered pair (key coverage, memberships mapping, DXY relocation)."""
+    return _reconcile(ctx, None)
 
 
 def step_phase(ctx: Context) -> dict[str, Any]:
@@ -227,6 +249,34 @@ def step_memberships(ctx: Context) -> dict[str, Any]:
             "registry_rows": counts["registry_rows"], "dual_writes": 2}  # fmt: skip
 
 
+def step_dxy(ctx: Context) -> dict[str, Any]:
+    """DXY 1m bars: batched copy (per-day counts compared), reader switch, health."""
+    copied = relocation.copy(ctx.dsn, "dxy", reason=REASON)
+    expect(not copied["mismatched_days"], f"DXY days differ after the copy: {copied['mismatched_days']}")
+    switched = relocation.switch(ctx.dsn, "dxy", REASON)
+    health = relocation.health(ctx.dsn, "dxy")
+    bad = [c["check"] for c in health["checks"] if not c["ok"]]
+    expect(health["ok"], f"DXY health failed: {', '.join(bad)}")
+    return {"copied": copied["rows_inserted"], "days_checked": copied["days_checked"],
+            "switched_rows": switched["rows"], "health_checks": len(health["checks"])}  # fmt: skip
+
+
+def step_dxy_cleanup_refused(ctx: Context) -> dict[str, Any]:
+    """Cleanup of the old DXY rows is refused inside the soak window, even after a passing
+    reconciliation (the guard's other condition), and changes nothing."""
+    source = "SELECT count(*) FROM market.derived_data_bars WHERE symbol = 'DXY' AND timeframe = '1m'"
+    before = ctx.scalar(source)
+    try:
+        relocation.cleanup(ctx.dsn, "dxy", reason=REASON)
+    except (KeyshiftError, psycopg.Error) as exc:
+        refusal = exc.message if isinstance(exc, KeyshiftError) else db.describe_pg_error(exc)
+    else:
+        raise VerdictFailed("cleanup ran inside the soak window")
+    expect(ctx.scalar(source) == before, "the refused cleanup changed the source rows")
+    expect("soak" in refusal, f"cleanup refused for another reason: {refusal}")
+    return {"refused": refusal.split(";")[0], "source_rows_kept": before}
+
+
 @dataclass(frozen=True)
 class Step:
     name: str
@@ -239,21 +289,20 @@ class Step:
         return all(importlib.util.find_spec(m) is not None for m in self.needs)
 
 
-# The DXY steps call the relocation module once it lands (issue 5).
-DXY = "toolkit.dxy"
 STEPS: tuple[Step, ...] = (
     Step("legacy database", step_legacy),
     Step("upgrade (revisions before the contract)", step_upgrade),
-    Step("pre-flight", step_preflight, ("toolkit.checks",)),
     Step("registry import", step_registry),
+    Step("pre-flight", step_preflight),
     Step("backfill with a concurrent writer", step_backfill),
-    Step("reconciliation", _run_reconcile, ("toolkit.reconcile",)),
+    Step("reconciliation of the keys", step_reconcile_keys),
     Step("phase change to key_primary", step_phase),
     Step("upgrade to head", step_head),
     Step("memberships sync and dual-write", step_memberships),
-    Step("DXY copy, switch, health", None, (DXY,)),
-    Step("DXY cleanup refused inside the soak window", None, (DXY,)),
-    Step("final reconciliation", _run_reconcile, ("toolkit.reconcile",)),
+    Step("DXY copy, switch, health", step_dxy),
+    Step("reconciliation of the DXY relocation", step_reconcile_relocation),
+    Step("DXY cleanup refused inside the soak window", step_dxy_cleanup_refused),
+    Step("final reconciliation", step_reconcile_all),
 )
 
 
@@ -328,41 +377,6 @@ def summary(ctx: Context, outcomes: list[Outcome]) -> dict[str, Any]:
     }
 
 
-@contextlib.contextmanager
-def _sigterm_as_exit() -> Iterator[None]:
-    """SIGTERM unwinds like Ctrl-C, so the scratch database and server are always removed."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum: int, frame: FrameType | None) -> None:
-        raise SystemExit(128 + signum)
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-@contextlib.contextmanager
-def scratch_database(server_dsn: str, keep: bool, echo: Callable[[str], None]) -> Iterator[str]:
-    """A new database on the server, dropped afterwards unless ``keep``."""
-    name = f"keyshift_demo_{dt.datetime.now(dt.timezone.utc):%Y%m%d_%H%M%S}_{os.getpid()}"
-    ident = sql.Identifier(name)
-    with db.connection(server_dsn, autocommit=True) as admin:
-        admin.execute(sql.SQL("CREATE DATABASE {}").format(ident))
-    target = db.with_database(server_dsn, name)
-    try:
-        yield target
-    finally:
-        if keep:
-            echo(f"kept database {name} ({db.describe_target(target)})")
-        else:
-            with db.connection(server_dsn, autocommit=True) as admin:
-                admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(ident))
-
-
 def run(
     dsn: str | None, rows: int, keep: bool, echo: Callable[[str], None], steps: tuple[Step, ...] = STEPS
 ) -> tuple[list[Outcome], dict[str, Any]]:
@@ -375,14 +389,14 @@ def run(
             "--keep needs a server (--dsn or DATABASE_URL): the embedded server is removed at exit"
         )
     with contextlib.ExitStack() as stack:
-        stack.enter_context(_sigterm_as_exit())
+        stack.enter_context(embedded.sigterm_as_exit())
         if configured:
             server = db.resolve_dsn(dsn)
         else:
             echo("no database configured: starting an embedded Postgres from the local binaries")
             server = stack.enter_context(embedded.server())
-        target = stack.enter_context(scratch_database(server, keep, echo))
-        workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="keyshift-demo-")))
+        target = stack.enter_context(embedded.scratch_database(server, keep, echo))
+        workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=embedded.temp_prefix())))
         ctx = Context(target, demo_data.plan(rows), workdir)
         echo(f"demo database {db.describe_target(target)}, {ctx.plan.rows:,} legacy bars")
         outcomes = run_steps(ctx, steps, echo)

@@ -113,15 +113,18 @@ SELECT 'NIFTY50', t.token, round(1.0 / %(n)s, 6), DATE '2025-06-30',
        CASE WHEN t.i = %(n)s THEN DATE '2025-12-31' END
   FROM unnest(%(tokens)s::bigint[]) WITH ORDINALITY AS t(token, i)
 """
-# DXY 1m bars for DXY_DAYS days up to the start of the broker bars, and its 5m
-# bars, which stay where they are (outside the relocated slice).
+# DXY bars of the last DXY_DAYS days up to the current minute (the live feed:
+# relocation health checks their freshness): 1m, and the 5m and 1h bars derived
+# from them, which stay where they are (outside the relocated slice).
 _DXY = """
 INSERT INTO market.derived_data_bars (symbol, timeframe, ts, open, high, low, close, volume)
-SELECT 'DXY', tf.timeframe, %(start)s::timestamptz - %(days)s * interval '1 day' + m * tf.step,
+SELECT 'DXY', tf.timeframe, date_trunc('hour', now()) - %(days)s * interval '1 day' + m * tf.step,
        round(p, 4), round(p + 0.02, 4), round(p - 0.02, 4), round(p + 0.01, 4), 0
-  FROM (VALUES ('1m', interval '1 minute', 1440), ('5m', interval '5 minutes', 288))
-         AS tf(timeframe, step, per_day),
-       LATERAL generate_series(0, tf.per_day * %(days)s - 1) AS m,
+  FROM (VALUES ('1m', interval '1 minute'), ('5m', interval '5 minutes'), ('1h', interval '1 hour'))
+         AS tf(timeframe, step),
+       LATERAL generate_series(0, floor(extract(epoch FROM date_trunc('minute', now())
+                                   - (date_trunc('hour', now()) - %(days)s * interval '1 day'))
+                                   / extract(epoch FROM tf.step))::int) AS m,
        LATERAL (SELECT (104 + sin(m / 90.0))::numeric AS p) AS price
 """
 _METADATA = """

@@ -1,4 +1,4 @@
-"""A throwaway Postgres server from the local binaries, for `keyshift demo` with nothing configured.
+"""Throwaway places for `keyshift demo`: a server from the local binaries, a scratch database.
 
 initdb and pg_ctl from the newest ``/usr/lib/postgresql/<version>/bin`` (or
 ``pg_config --bindir``) build a cluster in a fresh temporary directory and
@@ -12,17 +12,23 @@ and the directory removed on every exit: normal, error, Ctrl-C or SIGTERM
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import os
 import pwd
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import FrameType
 
+from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
+from toolkit import db
 from toolkit.errors import EXIT_USAGE, KeyshiftError
 
 UNPRIVILEGED_USER = "nobody"
@@ -50,6 +56,11 @@ def bindir() -> Path:
         "give --dsn or DATABASE_URL, or install the server package (apt-get install postgresql)",
         EXIT_USAGE,
     )
+
+
+def temp_prefix() -> str:
+    """Prefix of the demo's temporary directories: the pid tells whose they are."""
+    return f"keyshift-demo-{os.getpid()}-"
 
 
 def free_port() -> int:
@@ -102,7 +113,7 @@ def _run(argv: list[str], what: str, log: Path | None = None) -> None:
 def server() -> Iterator[str]:
     """Start a throwaway server; yield the conninfo of its ``postgres`` database; stop and remove it."""
     bins = bindir()
-    root = Path(tempfile.mkdtemp(prefix="keyshift-demo-"))
+    root = Path(tempfile.mkdtemp(prefix=temp_prefix()))
     data, log = root / "data", root / "server.log"
     started = False
     try:
@@ -128,3 +139,38 @@ def server() -> Iterator[str]:
             with contextlib.suppress(KeyshiftError, subprocess.TimeoutExpired):
                 _run([str(bins / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop"], "stop")
         shutil.rmtree(root, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def sigterm_as_exit() -> Iterator[None]:
+    """SIGTERM unwinds like Ctrl-C, so the scratch database and server are always removed."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def scratch_database(server_dsn: str, keep: bool, echo: Callable[[str], None]) -> Iterator[str]:
+    """A new database on the server, dropped afterwards unless ``keep``."""
+    name = f"keyshift_demo_{dt.datetime.now(dt.timezone.utc):%Y%m%d_%H%M%S}_{os.getpid()}"
+    ident = sql.Identifier(name)
+    with db.connection(server_dsn, autocommit=True) as admin:
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(ident))
+    target = db.with_database(server_dsn, name)
+    try:
+        yield target
+    finally:
+        if keep:
+            echo(f"kept database {name} ({db.describe_target(target)})")
+        else:
+            with db.connection(server_dsn, autocommit=True) as admin:
+                admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(ident))

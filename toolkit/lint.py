@@ -15,32 +15,32 @@ its first line) that gives a reason::
 
 from __future__ import annotations
 
-import io
 import shlex
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pglast import ast, enums
+from pglast import ast
 
-from toolkit import migrate
 from toolkit.errors import UsageError
 from toolkit.lint_rules import Rule, ScriptState, all_rules, syntax
+from toolkit.lint_rules.lock_budget import RevisionTrace
+from toolkit.lint_rules.state import function_state, update_state
+from toolkit.migrate import RevisionSql, chain, revision_sql
 from toolkit.parsing import (
     SqlSyntaxError,
     Statement,
     code_line,
     comments,
+    excerpt,
     plpgsql_statements,
-    relation_name,
     statements,
 )
 from toolkit.render import TEMPLATE_SUFFIX
 from toolkit.resources import alembic_dir, sql_dir, templates_dir
 
 SILENCE_PREFIX = "keyshift-lint:"
-EXCERPT_CHARS = 90
 
 
 @dataclass
@@ -73,6 +73,7 @@ class Silence:
 class Report:
     findings: list[Finding] = field(default_factory=list)
     scripts: int = 0
+    skipped: list[str] = field(default_factory=list)  # files of a directory not linted, and why
 
     @property
     def failed(self) -> bool:
@@ -85,6 +86,7 @@ class Report:
             "findings": len(open_),
             "silenced": len(self.findings) - len(open_),
             "results": [f.as_dict() for f in self.findings],
+            "skipped": self.skipped,
         }
 
 
@@ -116,109 +118,6 @@ def parse_silences(sql: str) -> tuple[list[Silence], list[int]]:
             continue
         found.append(Silence(ids, reason, comment.line, comment.next_code_line))
     return found, bad
-
-
-def _excerpt(text: str) -> str:
-    first = next(
-        (ln.strip() for ln in text.splitlines() if ln.strip() and not ln.strip().startswith("--")), ""
-    )
-    return first if len(first) <= EXCERPT_CHARS else first[: EXCERPT_CHARS - 3] + "..."
-
-
-# ---------------------------------------------------------------- script state
-
-
-def _setting_value(node: Any) -> str | None:
-    arg = node.args[0] if node.args else None
-    value = getattr(arg, "val", None)
-    if value is None:
-        return None
-    return str(getattr(value, "sval", None) or getattr(value, "ival", 0))
-
-
-def _set_lock_timeout(state: ScriptState, value: str | None, local: bool) -> None:
-    on = value is not None and value.strip() not in ("0", "")
-    if local:
-        state.lock_timeout_local = on
-    else:
-        state.lock_timeout_session = on
-
-
-def _set_config_calls(node: Any) -> Iterable[tuple[str, str, bool]]:
-    """SELECT set_config('lock_timeout', '2s', true) (plpgsql: PERFORM set_config(...))."""
-    if not isinstance(node, ast.SelectStmt):
-        return
-    for target in node.targetList or ():
-        call: Any = target.val
-        if isinstance(call, ast.FuncCall) and call.funcname and call.funcname[-1].sval == "set_config":
-            args = [getattr(getattr(a, "val", None), "sval", None) for a in call.args or ()]
-            local = getattr(getattr(call.args[-1], "val", None), "boolval", False) if call.args else False
-            if len(args) == 3 and args[0] and args[1] is not None:
-                yield args[0], args[1], bool(local)
-
-
-def update_state(node: Any, state: ScriptState) -> None:
-    """Record what a statement did that later rules depend on."""
-    if isinstance(node, (ast.CreateStmt, ast.CreateTableAsStmt)):
-        created: Any = node
-        rel = created.relation if isinstance(node, ast.CreateStmt) else created.into.rel
-        state.created.add(relation_name(rel))
-    elif isinstance(node, ast.VariableSetStmt) and node.name == "lock_timeout":
-        value = _setting_value(node) if node.kind == enums.VariableSetKind.VAR_SET_VALUE else None
-        _set_lock_timeout(state, value, bool(node.is_local))
-    elif isinstance(node, ast.TransactionStmt):
-        kind = enums.TransactionStmtKind
-        if node.kind in (kind.TRANS_STMT_BEGIN, kind.TRANS_STMT_START):
-            state.in_transaction = True
-        elif node.kind in (kind.TRANS_STMT_COMMIT, kind.TRANS_STMT_ROLLBACK):
-            state.in_transaction = False
-            state.lock_timeout_local = False
-    elif isinstance(node, ast.AlterTableStmt) and node.objtype == enums.ObjectType.OBJECT_TABLE:
-        _update_constraints(node, state)
-    for name, value, local in _set_config_calls(node):
-        if name == "lock_timeout":
-            _set_lock_timeout(state, value, local)
-
-
-def _not_null_column(con: Any) -> str | None:
-    expr = con.raw_expr
-    if (
-        isinstance(expr, ast.NullTest)
-        and expr.nulltesttype == enums.NullTestType.IS_NOT_NULL
-        and isinstance(expr.arg, ast.ColumnRef)
-    ):
-        column: Any = expr.arg
-        return str(column.fields[-1].sval)
-    return None
-
-
-def _update_constraints(node: Any, state: ScriptState) -> None:
-    table = relation_name(node.relation)
-    for cmd in node.cmds or ():
-        con = cmd.def_
-        if cmd.subtype == enums.AlterTableType.AT_AddConstraint and isinstance(con, ast.Constraint):
-            column = _not_null_column(con) if con.contype == enums.ConstrType.CONSTR_CHECK else None
-            if column and con.skip_validation and con.conname:
-                state.pending_not_null_checks[con.conname] = (table, column)
-            elif column and not con.skip_validation:
-                state.proven_not_null.add((table, column))
-        elif cmd.subtype == enums.AlterTableType.AT_ValidateConstraint:
-            proven = state.pending_not_null_checks.get(cmd.name)
-            if proven:
-                state.proven_not_null.add(proven)
-
-
-def _function_state(node: Any) -> ScriptState:
-    """A function body runs later, with the function's own SET options."""
-    state = ScriptState()
-    for opt in node.options or ():
-        if (
-            opt.defname == "set"
-            and isinstance(opt.arg, ast.VariableSetStmt)
-            and opt.arg.name == "lock_timeout"
-        ):
-            _set_lock_timeout(state, _setting_value(opt.arg), local=True)
-    return state
 
 
 # ---------------------------------------------------------------- linting one script
@@ -300,7 +199,7 @@ class _ScriptLinter:
         )
         self.findings.append(
             Finding(
-                rule.id, rule.severity, file, where, _excerpt(text), detail, rule.hint, self.revision, reason
+                rule.id, rule.severity, file, where, excerpt(text), detail, rule.hint, self.revision, reason
             )
         )
 
@@ -334,7 +233,7 @@ class _ScriptLinter:
         if not inner:
             return
         # A DO block runs now, in the script's state; a function runs later, on its own.
-        body_state = state if isinstance(stmt.node, ast.DoStmt) else _function_state(stmt.node)
+        body_state = state if isinstance(stmt.node, ast.DoStmt) else function_state(stmt.node)
         for embedded in inner:
             try:
                 nodes = [s.node for s in statements(embedded.text, self.origin)]
@@ -362,47 +261,22 @@ def lint_sql(
 # ---------------------------------------------------------------- revisions, templates, files
 
 
-@dataclass(frozen=True)
-class RevisionSql:
-    revision: str
-    path: str  # the revision's file, relative to the repository
-    sql: str  # what `alembic upgrade down:rev --sql` writes
-    recorded: list[tuple[str, str]]  # (origin, script) of every sql file and template it ran
-
-
-def revision_sql(revision: str) -> RevisionSql:
-    """The offline SQL of one revision, and the scripts it rendered."""
-    scripts = migrate.script()
-    rev = scripts.get_revision(revision)
-    if rev is None:
-        raise UsageError(f"no revision {revision!r}")
-    down = rev.down_revision
-    target = f"{down}:{rev.revision}" if isinstance(down, str) else rev.revision
-    cfg = migrate.config()
-    buffer = io.StringIO()
-    cfg.output_buffer = buffer
-    with migrate.recording() as recorded:
-        migrate.command.upgrade(cfg, target, sql=True)
-    path = Path(rev.path).relative_to(alembic_dir().parent).as_posix()
-    return RevisionSql(rev.revision, path, buffer.getvalue(), list(recorded))
-
-
-def chain() -> list[str]:
-    """The revisions from base to head."""
-    return [r.revision for r in reversed(list(migrate.script().walk_revisions("base", "heads")))]
-
-
 def lint_revision(rendered: RevisionSql) -> list[Finding]:
     return lint_sql(
         rendered.sql, f"{rendered.path} (offline SQL)", revision=rendered.revision, recorded=rendered.recorded
     )
 
 
-def template_renders(renders: Iterable[RevisionSql], templates: set[str]) -> list[tuple[str, str, str]]:
-    """(file, rendered text, revision) of each distinct render of the templates named.
+def template_renders(
+    renders: Iterable[RevisionSql],
+    templates: set[str],
+    named: set[str] = frozenset(),  # type: ignore[assignment]
+) -> tuple[list[tuple[str, str, str]], list[str]]:
+    """(file, rendered text, revision) of each distinct render of the templates, and those skipped.
 
-    A template is known by what the revisions render with it; one that no
-    revision renders on its own (only included by another) is a usage error.
+    A template is known by what the upgrades render with it. One they never
+    render on their own (included by another, or used by downgrades only) is
+    skipped when it was found in a directory, and a usage error when ``named``.
     """
     found, seen = [], set()
     for rendered in renders:
@@ -412,20 +286,23 @@ def template_renders(renders: Iterable[RevisionSql], templates: set[str]) -> lis
                 seen.add((file, text))
                 found.append((file, text, rendered.revision))
     missing = templates - {file.split(" ")[0] for file, _, _ in found}
-    if missing:
+    if missing & named:
         raise UsageError(
-            f"{', '.join(sorted(missing))}: no revision renders it on its own (a template included by "
-            "another is checked in the one that includes it)"
+            f"{', '.join(sorted(missing & named))}: no upgrade renders it on its own (a template included "
+            "by another is checked in the one that includes it)"
         )
-    return found
+    return found, sorted(missing)
 
 
-def lint_template_renders(renders: Iterable[RevisionSql], templates: set[str]) -> list[Finding]:
+def lint_template_renders(
+    renders: Iterable[RevisionSql], templates: set[str], named: set[str], report: Report
+) -> None:
     """Each template as the revisions render it, under their lock_timeout."""
-    findings = []
-    for file, text, revision in template_renders(renders, templates):
-        findings.extend(lint_sql(text, file, assume_lock_timeout=True, revision=revision))
-    return findings
+    found, skipped = template_renders(renders, templates, named)
+    for file, text, revision in found:
+        report.findings.extend(lint_sql(text, file, assume_lock_timeout=True, revision=revision))
+    report.scripts += len(templates) - len(skipped)
+    report.skipped.extend(f"{name}: no upgrade renders it on its own" for name in skipped)
 
 
 def relative_path(path: Path) -> str:
@@ -458,7 +335,9 @@ def lint(paths: Iterable[Path] = (), *, revisions: bool = False) -> Report:
     With no paths, the whole revision chain is linted: its findings point at
     the sql/ files and templates each statement came from.
     """
+    paths = list(paths)
     files = expand_paths(paths)
+    named = {relative_path(p) for p in paths if p.is_file()}
     revisions = revisions or not files
     report = Report()
     renders: list[RevisionSql] | None = None
@@ -488,11 +367,11 @@ def lint(paths: Iterable[Path] = (), *, revisions: bool = False) -> Report:
             report.findings.extend(lint_revision(rendered))
             report.scripts += 1
     unknown = set(by_path.values()) - {r.path for r in renders or ()}
-    if unknown:
-        raise UsageError(f"{', '.join(sorted(unknown))}: not a revision of keyshift's chain")
+    if unknown & named:
+        raise UsageError(f"{', '.join(sorted(unknown & named))}: not a revision of keyshift's chain")
+    report.skipped.extend(f"{name}: not a revision" for name in sorted(unknown - named))
     if templates:
-        report.findings.extend(lint_template_renders(renders or (), templates))
-        report.scripts += len(templates)
+        lint_template_renders(renders or (), templates, named, report)
     return report
 
 
@@ -507,159 +386,19 @@ def read_text(path: Path) -> str:
 # ---------------------------------------------------------------- --trace-locks
 
 
-@dataclass
-class RevisionTrace:
-    """The table locks a revision took on tables that existed before it, and its rewrites."""
-
-    revision: str
-    budget: str | None
-    locks: list[dict[str, Any]] = field(default_factory=list)  # statement line, table, mode
-    unobserved: list[dict[str, Any]] = field(default_factory=list)  # outside a transaction
-    rewritten: list[str] = field(default_factory=list)
-    findings: list[Finding] = field(default_factory=list)
-
-    def as_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["findings"] = [f.as_dict() for f in self.findings]
-        return data
-
-
-_TABLES = (
-    "SELECT c.oid, n.nspname || '.' || c.relname, c.relfilenode"
-    " FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace"
-    " WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema')"
-    " AND n.nspname NOT LIKE 'pg\\_toast%'"
-)
-_MY_LOCKS = (
-    "SELECT relation, mode FROM pg_catalog.pg_locks"
-    " WHERE pid = pg_catalog.pg_backend_pid() AND locktype = 'relation' AND granted"
-)
-
-
-def _mode_name(lock: str) -> str:
-    """'ShareRowExclusiveLock' -> 'SHARE ROW EXCLUSIVE'."""
-    from toolkit.parsing import LOCK_MODES
-
-    for mode in LOCK_MODES:
-        if mode.title().replace(" ", "") + "Lock" == lock:
-            return mode
-    return lock
-
-
-def _budget(revision: str) -> str | None:
-    module = migrate.script().get_revision(revision).module
-    budget = getattr(module, "LOCK_BUDGET", None)
-    return str(budget) if budget else None
-
-
-def trace_revision(conn: Any, rendered: RevisionSql, budget: str | None = None) -> RevisionTrace:
-    """Apply one revision's offline SQL statement by statement; watch pg_locks and relfilenode.
-
-    Locks are read from this session's own pg_locks rows after each statement
-    inside a transaction (they are held to its end); a statement run outside a
-    transaction (CREATE INDEX CONCURRENTLY) has released its lock by then, so
-    the lock model's expectation is reported for it, marked unobserved.
-    ``budget`` defaults to the revision's LOCK_BUDGET.
-    """
-    from psycopg import pq
-
-    from toolkit.parsing import LOCK_MODES, needs_autocommit, table_locks
-
-    trace = RevisionTrace(rendered.revision, budget or _budget(rendered.revision))
-    before = {oid: (name, node) for oid, name, node in conn.execute(_TABLES).fetchall()}
-    existing = {name for name, _ in before.values()}
-    held: set[tuple[int, str]] = set()
-    for stmt in statements(rendered.sql, rendered.path):
-        conn.execute(stmt.text)
-        line = code_line(stmt.text, stmt.line)
-        if conn.info.transaction_status != pq.TransactionStatus.INTRANS:
-            held = set()
-            if needs_autocommit(stmt):
-                for expected in table_locks(stmt.node):
-                    # An unqualified name is taken as the one existing table of that name.
-                    named = [n for n in existing if expected.table in (n, n.split(".", 1)[1])]
-                    if len(named) == 1:
-                        trace.unobserved.append(
-                            {
-                                "line": line,
-                                "table": named[0],
-                                "mode": expected.mode,
-                                "statement": _excerpt(stmt.text),
-                            }
-                        )
-            continue
-        now = {
-            (int(rel), _mode_name(mode))
-            for rel, mode in conn.execute(_MY_LOCKS).fetchall()
-            if rel is not None
-        }
-        strongest: dict[int, str] = {}
-        for rel, mode in now - held:
-            if rel in before and LOCK_MODES.index(mode) >= LOCK_MODES.index(strongest.get(rel, mode)):
-                strongest[rel] = mode
-        for rel, mode in sorted(strongest.items(), key=lambda item: before[item[0]][0]):
-            trace.locks.append(
-                {"line": line, "table": before[rel][0], "mode": mode, "statement": _excerpt(stmt.text)}
-            )
-        held = now
-    after = {oid: node for oid, _, node in conn.execute(_TABLES).fetchall()}
-    trace.rewritten = sorted(
-        name for oid, (name, node) in before.items() if oid in after and after[oid] != node
-    )
-    if trace.budget:
-        limit = LOCK_MODES.index(trace.budget)
-        rule = _rules()["lock_budget"]
-        for lock in trace.locks + trace.unobserved:
-            if LOCK_MODES.index(lock["mode"]) > limit:
-                detail = f"{lock['mode']} on {lock['table']} exceeds LOCK_BUDGET {trace.budget}"
-                trace.findings.append(
-                    Finding(
-                        rule.id,
-                        rule.severity,
-                        rendered.path,
-                        lock["line"],
-                        lock.get("statement", ""),
-                        detail,
-                        rule.hint,
-                        rendered.revision,
-                    )
-                )
-        for table in trace.rewritten:
-            trace.findings.append(
-                Finding(
-                    rule.id,
-                    rule.severity,
-                    rendered.path,
-                    0,
-                    "",
-                    f"rewrote {table} (relfilenode changed)",
-                    rule.hint,
-                    rendered.revision,
-                )
-            )
-    return trace
-
-
-def trace_locks(dsn: str | None, only: set[str] | None = None) -> list[RevisionTrace]:
-    """Apply the chain to a throwaway database (created and dropped here), revision by revision."""
-    import os
-    import secrets
-
-    from psycopg import sql as psql
-
-    from toolkit import db
-
-    conninfo = db.resolve_dsn(dsn)
-    name = f"keyshift_lint_{os.getpid()}_{secrets.token_hex(4)}"
-    traces = []
-    with db.connection(conninfo, autocommit=True) as admin:
-        admin.execute(psql.SQL("CREATE DATABASE {}").format(psql.Identifier(name)))
-        try:
-            with db.connection(db.with_database(conninfo, name), autocommit=True) as conn:
-                for revision in chain():
-                    trace = trace_revision(conn, revision_sql(revision))
-                    if only is None or revision in only:
-                        traces.append(trace)
-        finally:
-            admin.execute(psql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(psql.Identifier(name)))
-    return traces
+def trace_findings(trace: RevisionTrace) -> list[Finding]:
+    """A revision's locks over its LOCK_BUDGET (and its rewrites), as findings."""
+    rule = _rules()["lock_budget"]
+    return [
+        Finding(
+            rule.id,
+            rule.severity,
+            f"{trace.path} (offline SQL)",  # lines are those of the offline SQL
+            v["line"],
+            v["statement"],
+            v["detail"],
+            rule.hint,
+            trace.revision,
+        )
+        for v in trace.violations
+    ]

@@ -42,6 +42,22 @@ SELECT DISTINCT ON (pair) pair, match_ratio::float8 AS match_ratio, verdict,
 """
 
 
+# Relocations (revision dxy_relocation, issue 5): the step and the soak time left.
+_RELOCATIONS = """
+SELECT name, step,
+       -- greatest() ignores NULL: before the switch there is no soak window at all.
+       CASE WHEN switched_at IS NOT NULL THEN
+            extract(epoch FROM greatest(switched_at + keyshift.setting(soak_setting)::interval
+                                        - pg_catalog.now(), interval '0'))::float8
+       END AS soak_left_seconds
+  FROM keyshift.relocations ORDER BY name
+"""
+# The newest DXY 1m bar as readers see it (the view follows the reader switch).
+_DXY_STALENESS = """
+SELECT extract(epoch FROM pg_catalog.now() - max(ts))::float8 FROM market.bars_1m WHERE symbol = 'DXY'
+"""
+
+
 def _rows(conn: psycopg.Connection[Any], query: str) -> list[dict[str, Any]]:
     with conn.cursor(row_factory=dict_row) as cur:
         cur.execute(query)
@@ -59,7 +75,18 @@ def snapshot(conn: psycopg.Connection[Any]) -> dict[str, Any]:
             "backfill": _rows(conn, _BACKFILL),
             "dead_letters": control.open_dead_letters(conn),
             "reconcile": _rows(conn, _LAST_RECONCILE),
+            "relocations": _rows(conn, _RELOCATIONS) if _exists(conn, "keyshift.relocations") else [],
+            "dxy_staleness": _scalar(conn, _DXY_STALENESS) if _exists(conn, "market.bars_1m") else None,
         }
+
+
+def _exists(conn: psycopg.Connection[Any], relation: str) -> bool:
+    return conn.execute("SELECT pg_catalog.to_regclass(%s) IS NOT NULL", (relation,)).fetchone() == (True,)
+
+
+def _scalar(conn: psycopg.Connection[Any], query: str) -> Any:
+    row = conn.execute(query).fetchone()
+    return row[0] if row else None
 
 
 def _gauge(name: str, documentation: str, *labels: str) -> GaugeMetricFamily:
@@ -128,6 +155,22 @@ class SnapshotCollector(Collector):
             age.add_metric([r["pair"]], r["age_seconds"])
             passed.add_metric([r["pair"]], 1 if r["verdict"] == "pass" else 0)
         yield from (ratio, age, passed)
+
+        step = _gauge("keyshift_relocation_step", "1 for the step of each relocation", "relocation", "step")
+        soak = _gauge(
+            "keyshift_relocation_soak_left_seconds", "Soak window left after the reader switch", "relocation"
+        )
+        for r in data["relocations"]:
+            step.add_metric([r["name"], r["step"]], 1)
+            if r["soak_left_seconds"] is not None:
+                soak.add_metric([r["name"]], r["soak_left_seconds"])
+        yield from (step, soak)
+        if data["dxy_staleness"] is not None:
+            yield GaugeMetricFamily(
+                "keyshift_dxy_staleness_seconds",
+                "Age of the newest DXY 1m bar readers see (market.bars_1m)",
+                value=data["dxy_staleness"],
+            )
 
 
 def registry(conn: psycopg.Connection[Any]) -> CollectorRegistry:

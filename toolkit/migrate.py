@@ -8,9 +8,11 @@ Nothing here reads data to decide what DDL to emit, so offline mode
 
 from __future__ import annotations
 
+import io
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -272,3 +274,36 @@ def execute_retrying(text: str) -> None:
             if state != LOCK_NOT_AVAILABLE or attempt == attempts:
                 raise
             time.sleep(backoff_seconds(attempt))
+
+
+# ---------------------------------------------------------------- a revision's offline SQL
+
+
+@dataclass(frozen=True)
+class RevisionSql:
+    revision: str
+    path: str  # the revision's file, relative to the repository
+    sql: str  # what `alembic upgrade down:rev --sql` writes
+    recorded: list[tuple[str, str]]  # (origin, script) of every sql file and template it ran
+
+
+def revision_sql(revision: str) -> RevisionSql:
+    """The offline SQL of one revision, and the scripts it rendered."""
+    scripts = script()
+    rev = scripts.get_revision(revision)
+    if rev is None:
+        raise UsageError(f"no revision {revision!r}")
+    down = rev.down_revision
+    target = f"{down}:{rev.revision}" if isinstance(down, str) else rev.revision
+    cfg = config()
+    buffer = io.StringIO()
+    cfg.output_buffer = buffer
+    with recording() as recorded:
+        command.upgrade(cfg, target, sql=True)
+    path = Path(rev.path).relative_to(alembic_dir().parent).as_posix()
+    return RevisionSql(rev.revision, path, buffer.getvalue(), list(recorded))
+
+
+def chain() -> list[str]:
+    """The revisions from base to head."""
+    return [r.revision for r in reversed(list(script().walk_revisions("base", "heads")))]

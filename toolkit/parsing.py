@@ -451,3 +451,10 @@ def sql_function_body(stmt: Statement) -> tuple[str, int] | None:
         return None
     text = body[0].sval if isinstance(body, tuple) else body.sval
     return str(text), _body_first_line(stmt)
+
+
+def excerpt(text: str, limit: int = 90) -> str:
+    """A statement on one line, comments before it left out, shortened to ``limit``."""
+    lines = [ln for ln in text.splitlines() if ln.strip() and not ln.strip().startswith("--")]
+    flat = " ".join(" ".join(lines).split())
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."

@@ -66,9 +66,13 @@ def table_config(conn: psycopg.Connection[Any], schema: str, table: str) -> dict
                 f"{r['table_schema']}.{r['table_name']}"
                 for r in cur.execute("SELECT table_schema, table_name FROM keyshift.migrated_tables")
             ]
+            if not known:
+                raise UsageError(
+                    f"{schema}.{table} is not under migration; no table is under migration yet: "
+                    "run 'alembic upgrade key_columns'"
+                )
             raise UsageError(
-                f"{schema}.{table} is not under migration; tables under migration: "
-                f"{', '.join(sorted(known)) or 'none'}"
+                f"{schema}.{table} is not under migration; tables under migration: {', '.join(sorted(known))}"
             )
     return dict(row)
 

@@ -112,7 +112,7 @@ class Report:
             "step": self.step,
             "ok": self.ok,
             "failed": [r.id for r in self.results if r.blocking],
-            "warnings": [r.id for r in self.results if r.status != "pass" and not r.blocking],
+            "warnings": [r.id for r in self.results if r.status in ("fail", "error") and not r.blocking],
             "checks": [asdict(r) for r in self.results],
         }
 
@@ -215,6 +215,12 @@ def parse_check(path: Path) -> Check:
     )
 
 
+@functools.lru_cache(maxsize=1024)
+def _parse_check_cached(path: Path, mtime_ns: int, size: int) -> Check:
+    """parse_check once per version of a file (parsing with pglast is most of a run's client time)."""
+    return parse_check(path)
+
+
 def load(checks_dir: Path | None = None) -> list[Check]:
     """The shipped checks, plus those of ``checks_dir``; two checks with one id are refused."""
     dirs = [shipped_checks_dir()]
@@ -225,7 +231,8 @@ def load(checks_dir: Path | None = None) -> list[Check]:
     checks: dict[str, Check] = {}
     for directory in dirs:
         for path in sorted(directory.glob("*.sql")):
-            check = parse_check(path)
+            stat = path.stat()
+            check = _parse_check_cached(path, stat.st_mtime_ns, stat.st_size)
             if check.id in checks:
                 raise UsageError(
                     f"check id {check.id!r} is defined twice: {checks[check.id].path} and {path}; "
@@ -284,7 +291,7 @@ def run(
     step = step or ANY
     results: list[Result] = []
     with _read_only(conn):
-        values = _ParamValues(conn, step)
+        values = ParamValues(conn, step)
         _set_timeouts(conn, values)
         for check in selected:
             results.append(_run_check(conn, check, values))
@@ -325,7 +332,7 @@ def _read_only(conn: psycopg.Connection[Any]) -> Iterator[None]:
         conn.read_only, conn.isolation_level = saved
 
 
-def _set_timeouts(conn: psycopg.Connection[Any], values: _ParamValues) -> None:
+def _set_timeouts(conn: psycopg.Connection[Any], values: ParamValues) -> None:
     """SET LOCAL statement_timeout / lock_timeout from the preflight.* settings (intervals)."""
     for name, key in (
         ("statement_timeout", "preflight.statement_timeout"),
@@ -338,7 +345,7 @@ def _set_timeouts(conn: psycopg.Connection[Any], values: _ParamValues) -> None:
         )
 
 
-def _run_check(conn: psycopg.Connection[Any], check: Check, values: _ParamValues) -> Result:
+def _run_check(conn: psycopg.Connection[Any], check: Check, values: ParamValues) -> Result:
     started = time.perf_counter()
     result = Result(
         id=check.id,
@@ -381,11 +388,18 @@ def _run_check(conn: psycopg.Connection[Any], check: Check, values: _ParamValues
 
 
 def _relation_exists(conn: psycopg.Connection[Any], name: str) -> bool:
-    row = conn.execute("SELECT pg_catalog.to_regclass(%s) IS NOT NULL", (name,)).fetchone()
+    """Whether schema.name exists, read from the catalogs (to_regclass raises on a schema without USAGE)."""
+    schema, _, relation = name.partition(".")
+    row = conn.execute(
+        "SELECT EXISTS (SELECT FROM pg_catalog.pg_class c"
+        " JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace"
+        " WHERE n.nspname = %s AND c.relname = %s)",
+        (schema, relation),
+    ).fetchone()
     return bool(row and row[0])
 
 
-class _ParamValues:
+class ParamValues:
     """Values for the ``params`` of checks: settings, and what the runner knows."""
 
     def __init__(self, conn: psycopg.Connection[Any], step: str) -> None:
@@ -418,7 +432,7 @@ class _ParamValues:
         """The chain this keyshift ships, its head, and the revisions the database has applied."""
         from toolkit import migrate
 
-        script = migrate.script()
+        script = _script()
         current = migrate.current_revision(self.conn)
         try:
             lineage = [r.revision for r in script.iterate_revisions(current, "base")] if current else []
@@ -429,6 +443,14 @@ class _ParamValues:
             "@head_revision": script.get_current_head(),
             "@lineage": lineage,
         }
+
+
+@functools.lru_cache(maxsize=1)
+def _script() -> Any:
+    """Alembic's view of the revisions this keyshift ships (read once per process)."""
+    from toolkit import migrate
+
+    return migrate.script()
 
 
 class _DefineSetting(visitors.Visitor):

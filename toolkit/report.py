@@ -11,8 +11,7 @@ geometry is computed here, so the page has no script and no external asset.
 from __future__ import annotations
 
 import datetime as dt
-import importlib
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ import jinja2
 import psycopg
 from psycopg.rows import dict_row
 
-from toolkit import control
+from toolkit import control, preflight
 from toolkit.errors import UsageError
 
 TEMPLATE = "report.html.j2"
@@ -64,22 +63,6 @@ def _rows(conn: psycopg.Connection[Any], query: str) -> list[dict[str, Any]]:
         return list(cur.fetchall())
 
 
-def _preflight_runner() -> Callable[[psycopg.Connection[Any]], list[dict[str, Any]]] | None:
-    """The pre-flight runner (toolkit.checks.run) when this keyshift has one."""
-    try:
-        module = importlib.import_module("toolkit.checks")
-    except ImportError:
-        return None
-    run = getattr(module, "run", None)
-    if run is None:
-        return None
-
-    def results(conn: psycopg.Connection[Any]) -> list[dict[str, Any]]:
-        return [dict(r) if isinstance(r, Mapping) else dict(vars(r)) for r in run(conn)]
-
-    return results
-
-
 def collect(conn: psycopg.Connection[Any]) -> dict[str, Any]:
     """Everything the report shows, from one snapshot of the control schema (conn idle)."""
     with conn.transaction():
@@ -96,9 +79,8 @@ def collect(conn: psycopg.Connection[Any]) -> dict[str, Any]:
             "runs": _rows(conn, _RUNS),
             "dead_letters": _rows(conn, _DEAD_LETTERS),
         }
-    runner = _preflight_runner()
-    # Pre-flight runs its own READ ONLY transaction, after the snapshot.
-    data["preflight"] = runner(conn) if runner else None
+    # Pre-flight runs every check in its own READ ONLY transaction, after the snapshot.
+    data["preflight"] = [dict(vars(r)) for r in preflight.run(conn, "all").results]
     return data
 
 
@@ -123,41 +105,36 @@ class Segment:
     label: str
 
 
-def bucket_matches(details: Mapping[str, Any] | None) -> list[tuple[str, float]]:
-    """(bucket, match 0..1) from a run's details; tolerant of the engine's field names."""
+def bucket_matches(details: Mapping[str, Any] | None) -> list[tuple[str, float, bool]]:
+    """(bucket, height 0..1, matched) per bucket of a run's details (toolkit.reconcile's shape).
+
+    A bucket matches when its count and checksum agree; the height is the
+    smaller side's rows over the larger side's, so a bucket with equal counts
+    and a differing checksum is a full bar, in red.
+    """
     buckets = (details or {}).get("buckets") or []
-    out: list[tuple[str, float]] = []
+    out: list[tuple[str, float, bool]] = []
     for b in buckets if isinstance(buckets, list) else []:
         if not isinstance(b, Mapping):
             continue
-        label = str(b.get("bucket", b.get("name", len(out) + 1)))
-        if "match_ratio" in b:
-            ratio = float(b["match_ratio"])
-        else:
-            src = float(b.get("rows_source", b.get("source_count", 0)) or 0)
-            tgt = float(b.get("rows_target", b.get("target_count", 0)) or 0)
-            matched = b.get("rows_matched", b.get("matched"))
-            if matched is None:
-                same = b.get("match", src == tgt and b.get("source_checksum") == b.get("target_checksum"))
-                ratio = 1.0 if same else 0.0
-            else:
-                ratio = float(matched) / max(src, tgt) if max(src, tgt) else 1.0
-        out.append((label, ratio))
+        src, tgt = int(b.get("source_rows") or 0), int(b.get("target_rows") or 0)
+        ratio = min(src, tgt) / max(src, tgt) if max(src, tgt) else 1.0
+        out.append((str(b.get("bucket", "")), ratio, bool(b.get("match"))))
     return out
 
 
-def ratio_bars(values: Iterable[tuple[str, float]], threshold: float = 1.0) -> list[Bar]:
-    """Vertical bars of match ratios (0..1) across the chart; below the threshold in red."""
+def ratio_bars(values: Iterable[tuple[str, float, bool]]) -> list[Bar]:
+    """Vertical bars of ratios (0..1) across the chart; green where ok, red where not."""
     items = list(values)
     if not items:
         return []
     slot = CHART_WIDTH / len(items)
     width = max(1.0, slot * 0.8)
     bars = []
-    for i, (label, ratio) in enumerate(items):
+    for i, (label, ratio, ok) in enumerate(items):
         ratio = min(1.0, max(0.0, ratio))
         height = max(1.0, ratio * CHART_HEIGHT)
-        colour = "#2e7d32" if ratio >= threshold else "#c62828"
+        colour = "#2e7d32" if ok else "#c62828"
         bars.append(
             Bar(round(i * slot + (slot - width) / 2, 2), round(CHART_HEIGHT - height, 2), round(width, 2),
                 round(height, 2), colour, f"{label}: {ratio:.2%}")
@@ -189,14 +166,20 @@ def phase_segments(
 
 
 def preflight_row(result: Mapping[str, Any]) -> dict[str, Any]:
-    """One pre-flight result in the shape the page shows."""
-    passed = result.get("passed", result.get("ok"))
-    if passed is None:
-        passed = not result.get("violations") and not result.get("rows")
+    """One pre-flight result (toolkit.preflight.Result as a dict) in the shape the page shows.
+
+    A check skipped because its relation is absent passed; an error-severity
+    check that failed or could not run blocks.
+    """
+    status = str(result.get("status", ""))
+    severity = str(result.get("severity", ""))
     return {
-        "id": str(result.get("id", result.get("check", "?"))),
-        "severity": str(result.get("severity", "")),
-        "passed": bool(passed),
+        "id": str(result.get("id", "?")),
+        "severity": severity,
+        "status": status,
+        "passed": status in ("pass", "skipped"),
+        "blocking": severity == "error" and status in ("fail", "error"),
+        "violations": result.get("violations", 0),
         "summary": str(result.get("summary", "")),
     }
 
@@ -226,16 +209,16 @@ def view_model(data: dict[str, Any]) -> dict[str, Any]:
                 "runs": runs,
                 "last": last,
                 "history_bars": ratio_bars(
-                    [(f"run {r['id']}", r["match_ratio"]) for r in runs], last["threshold"]
+                    (f"run {r['id']}", r["match_ratio"], r["verdict"] == "pass") for r in runs
                 ),
-                "bucket_bars": ratio_bars(bucket_matches(last["details"]), 1.0),
+                "bucket_bars": ratio_bars(bucket_matches(last["details"])),
             }
         )
     open_letters = sum(d["open"] for d in data["dead_letters"])
     failing = [h["pair"] for h in history if h["last"]["verdict"] != "pass"]
     unfinished = [b["table"] for b in data["backfill"] if b["status"] != "done"]
-    preflight = None if data["preflight"] is None else [preflight_row(r) for r in data["preflight"]]
-    preflight_errors = [r for r in preflight or [] if not r["passed"] and r["severity"] == "error"]
+    checks = [preflight_row(r) for r in data["preflight"]]
+    preflight_errors = [r for r in checks if r["blocking"]]
     ready = not failing and not open_letters and not unfinished and not preflight_errors and bool(history)
     return {
         **data,
@@ -246,7 +229,7 @@ def view_model(data: dict[str, Any]) -> dict[str, Any]:
         "open_letters": open_letters,
         "failing_pairs": failing,
         "unfinished_backfills": unfinished,
-        "preflight": preflight,
+        "preflight": checks,
         "preflight_errors": preflight_errors,
         "ready": ready,
         "phase_colours": PHASE_COLOURS,

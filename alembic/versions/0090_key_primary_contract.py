@@ -10,7 +10,7 @@ On a database with legacy rows, apply the revisions before this one, run the
 backfill, then `alembic upgrade head`.
 
 Revision ID: key_primary_contract
-Revises: dxy_relocation
+Revises: keyshift_roles
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from __future__ import annotations
 from toolkit import migrate
 
 revision = "key_primary_contract"
-down_revision = "dxy_relocation"
+down_revision = "keyshift_roles"
 branch_labels = None
 depends_on = None
 

@@ -10,38 +10,10 @@ one YAML file of cases in tests/lint_cases/.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-
-@dataclass
-class ScriptState:
-    """What a script has done before the statement being checked.
-
-    ``created`` holds the tables created earlier in the same script (new, so
-    empty and unseen by running code); every other table is an existing one,
-    possibly large and busy. In a function body, every table not created in
-    the body is existing: the function runs later, on a live database.
-    """
-
-    created: set[str] = field(default_factory=set)
-    lock_timeout_session: bool = False
-    lock_timeout_local: bool = False
-    in_transaction: bool = False
-    # constraint name -> (table, column) of CHECK (column IS NOT NULL) NOT VALID seen earlier
-    pending_not_null_checks: dict[str, tuple[str, str]] = field(default_factory=dict)
-    # (table, column) proven NOT NULL by a validated CHECK
-    proven_not_null: set[tuple[str, str]] = field(default_factory=set)
-
-    def is_existing(self, table: str) -> bool:
-        """True unless the table was created earlier in this script (schema optional)."""
-        bare = table.rsplit(".", 1)[-1]
-        return not any(t == table or t.rsplit(".", 1)[-1] == bare for t in self.created)
-
-    @property
-    def lock_timeout(self) -> bool:
-        return self.lock_timeout_local or self.lock_timeout_session
-
+from toolkit.lint_rules.state import ScriptState
 
 Check = Callable[[Any, ScriptState], Iterable[str]]
 
