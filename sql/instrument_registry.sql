@@ -61,6 +61,9 @@ CREATE TABLE instrument_registry.broker_instrument_tokens (
 CREATE INDEX broker_instrument_tokens_key_idx
     ON instrument_registry.broker_instrument_tokens (broker, instrument_key, valid_from)
     INCLUDE (valid_to, instrument_token);
+-- The foreign key's side: removing or re-keying an instrument finds its mappings by index.
+CREATE INDEX broker_instrument_tokens_instrument_key_idx
+    ON instrument_registry.broker_instrument_tokens (instrument_key);
 COMMENT ON TABLE instrument_registry.broker_instrument_tokens IS 'Which instrument a broker token meant, and when; the authoritative token -> key mapping';
 COMMENT ON COLUMN instrument_registry.broker_instrument_tokens.broker IS 'Broker whose token this is (lower case)';
 COMMENT ON COLUMN instrument_registry.broker_instrument_tokens.instrument_token IS 'The broker''s numeric token';

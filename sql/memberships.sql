@@ -16,6 +16,9 @@ CREATE TABLE instrument_registry.index_memberships (
 -- The legacy identity, for the dual-write's deletes and the catch-up.
 CREATE INDEX index_memberships_source_idx
     ON instrument_registry.index_memberships (index_name, source_token, effective_from);
+-- The foreign key's side: removing or re-keying an instrument finds its memberships by index.
+CREATE INDEX index_memberships_instrument_key_idx
+    ON instrument_registry.index_memberships (instrument_key);
 COMMENT ON TABLE instrument_registry.index_memberships IS 'Which instruments an index holds, by instrument_key, and when';
 COMMENT ON COLUMN instrument_registry.index_memberships.index_name IS 'Index (NIFTY50, SP500, ...)';
 COMMENT ON COLUMN instrument_registry.index_memberships.instrument_key IS 'Member instrument';
