@@ -93,3 +93,33 @@ def test_every_control_table_and_column_is_commented(head_conn: psycopg.Connecti
         """
     ).fetchall()
     assert missing == []
+
+
+def test_status_shows_relocations_with_soak_left_and_the_last_reconciliation(head_dsn: str, cli: Any) -> None:
+    from toolkit import reconcile
+
+    with psycopg.connect(head_dsn, autocommit=True) as conn:
+        before = control.status(conn)
+        assert [(r["name"], r["step"], r["soak_left"]) for r in before["relocations"]] == [
+            ("dxy_1m_bars", "installed", None)
+        ]
+        assert before["reconciliations"] == []
+        conn.execute("SELECT keyshift.set_setting('dxy.soak_window', '24 hours', 'test')")
+        conn.execute(
+            "UPDATE keyshift.relocations SET step = 'switched', switched_at = now() - interval '90 minutes'"
+        )
+        reconcile.run_pair(conn, "key_coverage.market.subscriptions")
+        reconcile.run_pair(conn, "key_coverage.market.subscriptions")
+        after = control.status(conn)
+    soak_left = after["relocations"][0]["soak_left"]
+    assert soak_left in ("22:29:59", "22:30:00")  # seconds pass between the statements
+    assert [(r["pair"], r["verdict"]) for r in after["reconciliations"]] == [
+        ("key_coverage.market.subscriptions", "pass")
+    ]
+    result = cli("status", dsn=head_dsn)
+    assert result.exit_code == 0, result.output
+    assert (
+        "soak_left" in result.output
+        and " 22:2" in result.output
+        and "key_coverage.market.subscriptions" in result.output
+    )

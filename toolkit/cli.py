@@ -119,6 +119,10 @@ def status(dsn: str | None, as_json: bool) -> None:
     click.echo(output.table(state["settings"], ["key", "value", "description"]))
     output.heading("\nopen dead letters")
     click.echo(output.table(state["dead_letters"]))
+    output.heading("\nrelocations")
+    click.echo(output.table(state["relocations"]))
+    output.heading("\nlast reconciliation of each pair")
+    click.echo(output.table(state["reconciliations"]))
 
 
 def _parse_params(pairs: tuple[str, ...], json_pairs: tuple[str, ...]) -> dict[str, Any]:

@@ -105,6 +105,30 @@ def open_dead_letters(conn: psycopg.Connection[Any]) -> list[dict[str, Any]]:
     )
 
 
+def relocations(conn: psycopg.Connection[Any]) -> list[dict[str, Any]]:
+    """Each relocation's step and, once switched, the soak time left (revision dxy_relocation)."""
+    if not _exists(conn, "keyshift.relocations"):
+        return []
+    return _rows(
+        conn,
+        "SELECT r.name, r.step, r.source, r.target, r.switched_at,"
+        " CASE WHEN r.switched_at IS NOT NULL AND r.step IN ('switched', 'cleaning', 'cleaned') THEN"
+        "   pg_catalog.date_trunc('second', GREATEST(r.switched_at"
+        "     + keyshift.setting(r.soak_setting)::interval - pg_catalog.now(), interval '0'))::text"
+        " END AS soak_left"
+        " FROM keyshift.relocations r ORDER BY r.name",
+    )
+
+
+def last_reconciliations(conn: psycopg.Connection[Any]) -> list[dict[str, Any]]:
+    """The latest run of every reconciled pair: verdict, match ratio and when."""
+    return _rows(
+        conn,
+        "SELECT DISTINCT ON (pair) pair, verdict, match_ratio, rows_source, rows_target, finished_at"
+        " FROM keyshift.reconcile_runs ORDER BY pair, id DESC",
+    )
+
+
 def status(conn: psycopg.Connection[Any]) -> dict[str, Any]:
     """Everything the control schema says about the migration, for `keyshift status`."""
     revision = require_control_schema(conn)
@@ -115,4 +139,6 @@ def status(conn: psycopg.Connection[Any]) -> dict[str, Any]:
         "tables": migrated_tables(conn),
         "settings": settings(conn),
         "dead_letters": open_dead_letters(conn),
+        "relocations": relocations(conn),
+        "reconciliations": last_reconciliations(conn),
     }
