@@ -7,6 +7,8 @@ rules (validation, audit log) live in SQL, where every client gets them.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import psycopg
@@ -16,7 +18,9 @@ from toolkit.errors import EXIT_USAGE, KeyshiftError, UsageError
 from toolkit.migrate import CONTROL_SCHEMA, current_revision
 
 
-def _rows(conn: psycopg.Connection[Any], query: str, params: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
+def query_rows(
+    conn: psycopg.Connection[Any], query: str, params: tuple[Any, ...] = ()
+) -> list[dict[str, Any]]:
     with conn.cursor(row_factory=dict_row) as cur:
         cur.execute(query, params)
         return list(cur.fetchall())
@@ -36,8 +40,16 @@ def require_control_schema(conn: psycopg.Connection[Any]) -> str:
     return revision
 
 
+@contextmanager
+def read_snapshot(conn: psycopg.Connection[Any]) -> Iterator[str]:
+    """One READ ONLY, REPEATABLE READ transaction on an idle connection; yields the revision."""
+    with conn.transaction():
+        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        yield require_control_schema(conn)
+
+
 def settings(conn: psycopg.Connection[Any]) -> list[dict[str, Any]]:
-    return _rows(
+    return query_rows(
         conn,
         "SELECT key, value, kind, allowed, description, updated_at, updated_by "
         "FROM keyshift.settings ORDER BY key",
@@ -45,7 +57,7 @@ def settings(conn: psycopg.Connection[Any]) -> list[dict[str, Any]]:
 
 
 def get_setting(conn: psycopg.Connection[Any], key: str) -> dict[str, Any]:
-    rows = _rows(
+    rows = query_rows(
         conn,
         "SELECT key, value, kind, allowed, description, updated_at, updated_by "
         "FROM keyshift.settings WHERE key = %s",
@@ -63,19 +75,21 @@ def set_setting(conn: psycopg.Connection[Any], key: str, value: str, reason: str
     if not reason or not reason.strip():
         raise UsageError(f"changing {key} needs a reason: --reason TEXT")
     with conn.transaction():
-        row = _rows(conn, "SELECT key, value FROM keyshift.set_setting(%s, %s, %s)", (key, value, reason))
+        row = query_rows(
+            conn, "SELECT key, value FROM keyshift.set_setting(%s, %s, %s)", (key, value, reason)
+        )
     return {"key": key, "old": old["value"], "new": row[0]["value"], "reason": reason}
 
 
 def migrated_tables(conn: psycopg.Connection[Any]) -> list[dict[str, Any]]:
     """Each table's phase, backfill progress and token-only writes since it left dual."""
-    if not _exists(conn, "keyshift.token_usage"):
-        return _rows(
+    if not exists(conn, "keyshift.token_usage"):
+        return query_rows(
             conn,
             "SELECT table_schema, table_name, phase, validation_mode, key_only_token_writes, "
             "phase_changed_at FROM keyshift.migrated_tables ORDER BY table_schema, table_name",
         )
-    return _rows(
+    return query_rows(
         conn,
         """
         SELECT t.table_schema, t.table_name, t.phase, t.validation_mode, t.key_only_token_writes,
@@ -92,13 +106,13 @@ def migrated_tables(conn: psycopg.Connection[Any]) -> list[dict[str, Any]]:
     )
 
 
-def _exists(conn: psycopg.Connection[Any], relation: str) -> bool:
+def exists(conn: psycopg.Connection[Any], relation: str) -> bool:
     row = conn.execute("SELECT pg_catalog.to_regclass(%s) IS NOT NULL", (relation,)).fetchone()
     return bool(row and row[0])
 
 
 def open_dead_letters(conn: psycopg.Connection[Any]) -> list[dict[str, Any]]:
-    return _rows(
+    return query_rows(
         conn,
         "SELECT source, count(*) AS open FROM keyshift.dead_letters "
         "WHERE resolved_at IS NULL GROUP BY source ORDER BY source",
@@ -107,9 +121,9 @@ def open_dead_letters(conn: psycopg.Connection[Any]) -> list[dict[str, Any]]:
 
 def relocations(conn: psycopg.Connection[Any]) -> list[dict[str, Any]]:
     """Each relocation's step and, once switched, the soak time left (revision dxy_relocation)."""
-    if not _exists(conn, "keyshift.relocations"):
+    if not exists(conn, "keyshift.relocations"):
         return []
-    return _rows(
+    return query_rows(
         conn,
         "SELECT r.name, r.step, r.source, r.target, r.switched_at,"
         " CASE WHEN r.switched_at IS NOT NULL AND r.step IN ('switched', 'cleaning', 'cleaned') THEN"
@@ -122,7 +136,7 @@ def relocations(conn: psycopg.Connection[Any]) -> list[dict[str, Any]]:
 
 def last_reconciliations(conn: psycopg.Connection[Any]) -> list[dict[str, Any]]:
     """The latest run of every reconciled pair: verdict, match ratio and when."""
-    return _rows(
+    return query_rows(
         conn,
         "SELECT DISTINCT ON (pair) pair, verdict, match_ratio, rows_source, rows_target, finished_at"
         " FROM keyshift.reconcile_runs ORDER BY pair, id DESC",

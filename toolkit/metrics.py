@@ -18,7 +18,6 @@ import psycopg
 from prometheus_client import CollectorRegistry, generate_latest, write_to_textfile
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
-from psycopg.rows import dict_row
 
 from toolkit import control
 from toolkit.errors import UsageError
@@ -58,30 +57,22 @@ SELECT extract(epoch FROM pg_catalog.now() - max(ts))::float8 FROM market.bars_1
 """
 
 
-def _rows(conn: psycopg.Connection[Any], query: str) -> list[dict[str, Any]]:
-    with conn.cursor(row_factory=dict_row) as cur:
-        cur.execute(query)
-        return list(cur.fetchall())
-
-
 def snapshot(conn: psycopg.Connection[Any]) -> dict[str, Any]:
     """Everything the metrics show, read in one REPEATABLE READ snapshot (conn idle)."""
-    with conn.transaction():
-        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-        revision = control.require_control_schema(conn)
+    with control.read_snapshot(conn) as revision:
         return {
             "revision": revision,
             "tables": control.migrated_tables(conn),
-            "backfill": _rows(conn, _BACKFILL),
+            "backfill": control.query_rows(conn, _BACKFILL),
             "dead_letters": control.open_dead_letters(conn),
-            "reconcile": _rows(conn, _LAST_RECONCILE),
-            "relocations": _rows(conn, _RELOCATIONS) if _exists(conn, "keyshift.relocations") else [],
-            "dxy_staleness": _scalar(conn, _DXY_STALENESS) if _exists(conn, "market.bars_1m") else None,
+            "reconcile": control.query_rows(conn, _LAST_RECONCILE),
+            "relocations": control.query_rows(conn, _RELOCATIONS)
+            if control.exists(conn, "keyshift.relocations")
+            else [],
+            "dxy_staleness": _scalar(conn, _DXY_STALENESS)
+            if control.exists(conn, "market.bars_1m")
+            else None,
         }
-
-
-def _exists(conn: psycopg.Connection[Any], relation: str) -> bool:
-    return conn.execute("SELECT pg_catalog.to_regclass(%s) IS NOT NULL", (relation,)).fetchone() == (True,)
 
 
 def _scalar(conn: psycopg.Connection[Any], query: str) -> Any:

@@ -18,7 +18,6 @@ from typing import Any
 
 import jinja2
 import psycopg
-from psycopg.rows import dict_row
 
 from toolkit import control, preflight
 from toolkit.errors import UsageError
@@ -57,27 +56,19 @@ SELECT source, kind AS reason, count(*) AS total, count(*) FILTER (WHERE resolve
 """
 
 
-def _rows(conn: psycopg.Connection[Any], query: str) -> list[dict[str, Any]]:
-    with conn.cursor(row_factory=dict_row) as cur:
-        cur.execute(query)
-        return list(cur.fetchall())
-
-
 def collect(conn: psycopg.Connection[Any]) -> dict[str, Any]:
     """Everything the report shows, from one snapshot of the control schema (conn idle)."""
-    with conn.transaction():
-        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-        revision = control.require_control_schema(conn)
+    with control.read_snapshot(conn) as revision:
         now = conn.execute("SELECT pg_catalog.now()").fetchone()
         data: dict[str, Any] = {
             "database": conn.info.dbname,
             "revision": revision,
             "generated_at": now[0] if now else None,
             "tables": control.migrated_tables(conn),
-            "phase_changes": _rows(conn, _PHASE_CHANGES),
-            "backfill": _rows(conn, _BACKFILL),
-            "runs": _rows(conn, _RUNS),
-            "dead_letters": _rows(conn, _DEAD_LETTERS),
+            "phase_changes": control.query_rows(conn, _PHASE_CHANGES),
+            "backfill": control.query_rows(conn, _BACKFILL),
+            "runs": control.query_rows(conn, _RUNS),
+            "dead_letters": control.query_rows(conn, _DEAD_LETTERS),
         }
     # Pre-flight runs every check in its own READ ONLY transaction, after the snapshot.
     data["preflight"] = [dict(vars(r)) for r in preflight.run(conn, "all").results]
