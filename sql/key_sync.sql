@@ -26,7 +26,7 @@ COMMENT ON COLUMN keyshift.token_usage.instrument_token IS 'The token written';
 COMMENT ON COLUMN keyshift.token_usage.at IS 'When';
 COMMENT ON COLUMN keyshift.token_usage.actor IS 'Role that wrote it';
 
--- One line of configuration a sync trigger needs, read once per statement:
+-- One line of configuration a sync trigger needs:
 -- "<phase>:<validation_mode>:<key_only_token_writes>:<broker>".
 CREATE FUNCTION keyshift.key_sync_config(p_schema text, p_table text) RETURNS text
 LANGUAGE plpgsql STABLE SECURITY DEFINER
@@ -35,8 +35,6 @@ AS $fn$
 DECLARE
     v text;
 BEGIN
-    -- One query, no nested keyshift.setting() call: this runs once per
-    -- statement on every token table, single-row INSERTs included.
     SELECT t.phase || ':' || t.validation_mode || ':' || t.key_only_token_writes || ':'
            || COALESCE((SELECT s.value FROM keyshift.settings s WHERE s.key = 'registry.legacy_broker'), '')
       INTO v
@@ -48,25 +46,105 @@ END
 $fn$;
 COMMENT ON FUNCTION keyshift.key_sync_config(text, text) IS 'Phase, mode and broker of a table under migration, as one line for its sync trigger';
 
--- BEFORE ... FOR EACH STATEMENT: load the table's configuration into a
--- transaction-local setting, stamped with a new generation, so that the row
--- trigger reads it from memory instead of querying per row, and its one-entry
--- token cache is valid for this statement only.
-CREATE FUNCTION keyshift.key_sync_statement() RETURNS trigger
-LANGUAGE plpgsql
+-- The sync trigger must not query its configuration on every write: a
+-- single-row INSERT would pay for a query (and a statement trigger to run
+-- it) on top of its own work. Instead the configuration is published as the
+-- body of a constant SQL function, keyshift.key_cfg__<schema>__<table>(),
+-- which the planner inlines into the trigger's first expression: reading it
+-- costs nothing, and replacing the function (a catalog change) invalidates
+-- the cached expression in every session at its next statement. Triggers on
+-- keyshift.migrated_tables and keyshift.settings republish it in the same
+-- transaction as every change, so the two cannot disagree after a commit
+-- (pre-flight check sync_triggers compares them).
+CREATE FUNCTION keyshift.publish_constant(p_name text, p_value text) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = keyshift, pg_catalog, pg_temp
 AS $fn$
-DECLARE
-    generation bigint;
 BEGIN
-    generation := COALESCE(NULLIF(pg_catalog.current_setting('keyshift.generation', true), ''), '0')::bigint + 1;
-    PERFORM pg_catalog.set_config('keyshift.generation', generation::text, true);
-    PERFORM pg_catalog.set_config('keyshift.cfg_' || TG_ARGV[0],
-        keyshift.key_sync_config(TG_TABLE_SCHEMA, TG_TABLE_NAME) || ':' || generation, true);
+    -- Two transactions replacing one function would fail ("tuple concurrently updated").
+    PERFORM pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('keyshift.publish_constant'));
+    EXECUTE pg_catalog.format(
+        'CREATE OR REPLACE FUNCTION keyshift.%I() RETURNS text LANGUAGE sql STABLE PARALLEL SAFE AS %L',
+        p_name, 'SELECT ' || pg_catalog.quote_literal(p_value) || '::text');
+END
+$fn$;
+COMMENT ON FUNCTION keyshift.publish_constant(text, text) IS 'Create or replace keyshift.<name>() as a constant SQL function the planner inlines';
+REVOKE EXECUTE ON FUNCTION keyshift.publish_constant(text, text) FROM PUBLIC;
+
+CREATE FUNCTION keyshift.key_sync_publish(p_schema text, p_table text) RETURNS void
+LANGUAGE sql SECURITY DEFINER
+SET search_path = keyshift, pg_catalog, pg_temp
+AS $fn$
+    SELECT keyshift.publish_constant('key_cfg__' || p_schema || '__' || p_table,
+                                     keyshift.key_sync_config(p_schema, p_table));
+$fn$;
+COMMENT ON FUNCTION keyshift.key_sync_publish(text, text) IS 'Republish a table''s sync-trigger configuration as its constant function key_cfg__<schema>__<table>()';
+-- Only through the triggers below, as whoever may change the tables they watch.
+REVOKE EXECUTE ON FUNCTION keyshift.key_sync_publish(text, text) FROM PUBLIC;
+
+-- A table's phase or options changed (keyshift.migrated_tables): republish
+-- that table; the legacy broker changed (keyshift.settings): every table.
+CREATE FUNCTION keyshift.key_sync_republish() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = keyshift, pg_catalog, pg_temp
+AS $fn$
+BEGIN
+    IF TG_TABLE_NAME = 'settings' THEN
+        PERFORM keyshift.key_sync_publish(t.table_schema, t.table_name) FROM keyshift.migrated_tables t;
+    ELSIF TG_OP = 'DELETE' THEN
+        PERFORM keyshift.key_sync_publish(OLD.table_schema, OLD.table_name);
+    ELSE
+        PERFORM keyshift.key_sync_publish(NEW.table_schema, NEW.table_name);
+    END IF;
     RETURN NULL;
 END
 $fn$;
-COMMENT ON FUNCTION keyshift.key_sync_statement() IS 'Statement trigger of the key sync: loads the table''s phase and mode once per statement';
+COMMENT ON FUNCTION keyshift.key_sync_republish() IS 'Trigger: a sync configuration changed, republish it';
+REVOKE EXECUTE ON FUNCTION keyshift.key_sync_republish() FROM PUBLIC;
+
+CREATE TRIGGER key_sync_publish
+    AFTER INSERT OR DELETE ON keyshift.migrated_tables
+    FOR EACH ROW EXECUTE FUNCTION keyshift.key_sync_republish();
+CREATE TRIGGER key_sync_publish_update
+    AFTER UPDATE ON keyshift.migrated_tables
+    FOR EACH ROW
+    WHEN ((OLD.phase, OLD.validation_mode, OLD.key_only_token_writes)
+          IS DISTINCT FROM (NEW.phase, NEW.validation_mode, NEW.key_only_token_writes))
+    EXECUTE FUNCTION keyshift.key_sync_republish();
+CREATE TRIGGER key_sync_publish_broker
+    AFTER INSERT OR UPDATE ON keyshift.settings
+    FOR EACH ROW WHEN (NEW.key = 'registry.legacy_broker')
+    EXECUTE FUNCTION keyshift.key_sync_republish();
+CREATE TRIGGER key_sync_publish_broker_delete
+    AFTER DELETE ON keyshift.settings
+    FOR EACH ROW WHEN (OLD.key = 'registry.legacy_broker')
+    EXECUTE FUNCTION keyshift.key_sync_republish();
+
+-- The registry's version, for the sync triggers' token cache: a cached
+-- mapping is used only under the version it was read at. Every statement
+-- that changes the token mappings rewrites this constant (the planner
+-- inlines it, so reading it costs nothing and a change reaches every
+-- session's next statement), whatever wrote them: keyshift registry import,
+-- a revision, or a DBA's own SQL.
+CREATE FUNCTION keyshift.key_registry_version() RETURNS text
+LANGUAGE sql STABLE PARALLEL SAFE
+AS $fn$SELECT '0'::text$fn$;
+
+CREATE FUNCTION keyshift.key_registry_publish() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = keyshift, pg_catalog, pg_temp
+AS $fn$
+BEGIN
+    PERFORM keyshift.publish_constant('key_registry_version', pg_catalog.pg_current_xact_id()::text);
+    RETURN NULL;
+END
+$fn$;
+COMMENT ON FUNCTION keyshift.key_registry_publish() IS 'Trigger: the token mappings changed, rewrite keyshift.key_registry_version()';
+REVOKE EXECUTE ON FUNCTION keyshift.key_registry_publish() FROM PUBLIC;
+
+CREATE TRIGGER keyshift_registry_version
+    AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON instrument_registry.broker_instrument_tokens
+    FOR EACH STATEMENT EXECUTE FUNCTION keyshift.key_registry_publish();
 
 CREATE FUNCTION keyshift.key_sync_token_usage(p_schema text, p_table text, p_phase text,
                                               p_operation text, p_token bigint)

@@ -176,7 +176,7 @@ def test_one_statement_resolves_each_row_at_its_own_time_across_token_reuse(
     }
 
 
-def test_token_cache_never_outlives_its_statement(conn: psycopg.Connection[Any]) -> None:
+def test_token_cache_never_outlives_a_registry_change(conn: psycopg.Connection[Any]) -> None:
     """A registry change later in the same transaction is seen by the next statement."""
     set_phase(conn, "dual", "strict")
     with conn.transaction():
@@ -200,6 +200,46 @@ def test_token_cache_never_outlives_its_statement(conn: psycopg.Connection[Any])
         second = conn.execute(INSERT, (102, None, "2026-07-02 00:00+00")).fetchone()
     assert first == (102, "M&M_NSE_EQUITY")
     assert second == (102, "NIFTY24JANFUT_NFO_FUTURE")
+
+
+def test_registry_change_committed_elsewhere_reaches_an_open_transaction(
+    conn: psycopg.Connection[Any],
+) -> None:
+    """The cached mapping of an open transaction is dropped when another session changes the registry."""
+    set_phase(conn, "dual", "strict")
+    dsn = conn.info.dsn
+    with psycopg.connect(dsn) as writer:  # one transaction until the end
+        first = writer.execute(INSERT, (102, None, "2026-07-01 00:00+00")).fetchone()
+        conn.execute(
+            "UPDATE instrument_registry.broker_instrument_tokens SET valid_to = '2026-06-01'"
+            " WHERE instrument_token = 102"
+        )
+        conn.execute("DELETE FROM instrument_registry.broker_instrument_tokens WHERE instrument_token = 103")
+        conn.execute(
+            "INSERT INTO instrument_registry.broker_instrument_tokens"
+            " (broker, instrument_token, instrument_key, valid_from)"
+            " VALUES ('zerodha', 102, 'NIFTY24JANFUT_NFO_FUTURE', '2026-06-01')"
+        )
+        second = writer.execute(INSERT, (102, None, "2026-07-02 00:00+00")).fetchone()
+        writer.rollback()
+    assert first == (102, "M&M_NSE_EQUITY")
+    assert second == (102, "NIFTY24JANFUT_NFO_FUTURE")
+
+
+def test_configuration_change_reaches_open_sessions_at_their_next_statement(
+    conn: psycopg.Connection[Any],
+) -> None:
+    """The triggers read phase and mode from a published constant: a change must reach every session."""
+    set_phase(conn, "dual", "strict")
+    with psycopg.connect(conn.info.dsn, autocommit=True) as writer:
+        with pytest.raises(psycopg.Error, match="no instrument_key for instrument_token 555"):
+            writer.execute(INSERT, (555, None, TS))
+        set_phase(conn, "dual", "lenient")
+        assert writer.execute(INSERT, (555, None, TS)).fetchone() == (555, None)
+        set_phase(conn, "key_only", "strict")
+        with pytest.raises(psycopg.Error, match="is in phase key_only"):
+            writer.execute(INSERT, (102, None, "2026-03-01 10:01+00"))
+    assert [letter[1] for letter in open_letters(conn)] == ["INSERT"]
 
 
 def test_updates_keep_the_pair_consistent(conn: psycopg.Connection[Any]) -> None:

@@ -142,13 +142,19 @@ CASES: list[dict[str, Any]] = [
     dict(
         check="sync_triggers",
         setup="ALTER TABLE market.data_bars DISABLE TRIGGER keyshift_key_sync;"
-        " DROP TRIGGER keyshift_key_verify_update ON trading.positions",
+        " DROP TRIGGER keyshift_key_verify_update ON trading.positions;"
+        # A published configuration that disagrees with keyshift.migrated_tables.
+        " SELECT keyshift.publish_constant('key_cfg__market__subscriptions', 'token_only:strict:refuse:x')",
         expect={"table": "market.data_bars", "trigger": "keyshift_key_sync", "problem": "disabled"},
-        expect_also={
-            "table": "trading.positions",
-            "trigger": "keyshift_key_verify_update",
-            "problem": "missing",
-        },
+        expect_also=[
+            {"table": "trading.positions", "trigger": "keyshift_key_verify_update", "problem": "missing"},
+            {
+                "table": "market.subscriptions",
+                "trigger": "keyshift.key_cfg__market__subscriptions()",
+                "problem": "configuration out of date: SELECT 'token_only:strict:refuse:x'::text,"
+                " the tables say key_primary:strict:refuse:",
+            },
+        ],
     ),
     dict(
         check="dual_write_flags",
@@ -228,7 +234,7 @@ def test_check_passes_on_a_healthy_database_and_fails_on_one_that_violates_it(
             _run_sql(dsn, case["teardown"])
     assert result.status == "fail", result
     assert result.violations == len(result.rows) >= 1
-    for expected in (case.get("expect", {}), case.get("expect_also")):
+    for expected in (case.get("expect", {}), *case.get("expect_also", [])):
         if expected:
             assert any(expected.items() <= row.items() for row in result.rows), (expected, result.rows)
     if case.get("expect_hold_pid"):

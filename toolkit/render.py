@@ -75,7 +75,7 @@ def ql(value: Any) -> str:
 def tag(value: str) -> str:
     """Jinja filter: a short stable tag of a name, usable in a setting name.
 
-    Custom settings (``keyshift.cfg_<tag>``) allow only letters, digits and
+    Custom settings (``keyshift.last_token_<tag>``) allow only letters, digits and
     underscores after the prefix; any table name maps to 12 hex digits.
     """
     _defined(value)
