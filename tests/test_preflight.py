@@ -248,6 +248,35 @@ def test_prepared_transactions_and_replication_lag_pass_on_a_healthy_server(head
         assert run_one(head_dsn, check).status == "pass"
 
 
+def test_unmapped_tokens_counts_only_the_rows_outside_a_tokens_validity_periods(
+    new_db: Callable[..., str],
+) -> None:
+    # Bars every minute from 2025-12-31 22:00 for 200 minutes: 120 before 2026-01-01 00:00, 80 from it.
+    # 104 is mapped only from 00:00 (valid_from is inclusive), 105 only until 00:00 (valid_to is
+    # exclusive), 999 never; 101 changes instrument at 00:00 and stays mapped throughout.
+    dsn = make_legacy_db(new_db, bars_tokens=(101, 102, 104, 105, 999))
+    _run_sql(
+        dsn,
+        "INSERT INTO instrument_registry.instruments (instrument_key, symbol, exchange, instrument_type)"
+        " VALUES ('CCC_NSE_EQUITY', 'CCC', 'NSE', 'EQUITY'), ('DDD_NSE_EQUITY', 'DDD', 'NSE', 'EQUITY');"
+        " INSERT INTO instrument_registry.broker_instrument_tokens"
+        " (broker, instrument_token, instrument_key, valid_from, valid_to) VALUES"
+        " ('zerodha', 104, 'CCC_NSE_EQUITY', '2026-01-01 00:00:00+00', NULL),"
+        " ('zerodha', 105, 'DDD_NSE_EQUITY', '-infinity', '2026-01-01 00:00:00+00')",
+    )
+    result = run_one(dsn, "unmapped_tokens", "backfill")
+    assert result.status == "fail", result
+    assert result.rows == [
+        {
+            "table": "market.data_bars",
+            "broker": "zerodha",
+            "unmapped_tokens": 3,
+            "rows": 120 + 80 + 200,
+            "sample_tokens": "104, 105, 999",
+        }
+    ]
+
+
 def test_null_keys_fail_until_the_backfill_has_given_every_row_its_key(
     new_db: Callable[..., str], cli: Any
 ) -> None:
